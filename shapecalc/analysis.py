@@ -1,0 +1,195 @@
+"""``analyze``: trace a model, propagate sizes, derive crops and the domain.
+
+This is the public boundary: errors raised inside gain the model, the input
+spec and the node here, so every message a person sees names all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import sympy
+import torch
+import torch.fx
+import torch.nn as nn
+
+from ._errors import ShapecalcError, TraceError
+from .domain import Domain, PeriodicSet
+from .geometry import CropAlignment, crop_alignments
+from .propagate import META_KEY, SizeInterpreter
+from .symbolic import format_expr
+from .tensors import IDENTITY, SymbolicTensor
+from .trace import InputSpec, parse_input_spec, spatial_dimensions_and_channels, trace_module
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One graph node whose value is a tensor with spatial axes."""
+
+    name: str
+    op: str
+    params: str
+    tensor: SymbolicTensor
+
+    @property
+    def spatial(self) -> tuple[sympy.Expr, ...]:
+        return self.tensor.spatial_sizes
+
+
+@dataclass
+class Analysis:
+    """Everything shapecalc knows about one model at one input spec."""
+
+    model: str
+    input: InputSpec
+    input_tensor: SymbolicTensor
+    layers: list[Layer]
+    outputs: dict[str, SymbolicTensor]
+    crops: list[CropAlignment]
+    domain: Domain
+    notes: list[str]
+    graph_module: torch.fx.GraphModule = field(repr=False)
+
+    @property
+    def symbols(self) -> tuple[sympy.Symbol, ...]:
+        return self.input.symbols
+
+    def valid_sizes(self, symbol: Union[str, sympy.Symbol]) -> PeriodicSet:
+        """The exact set of sizes of ``symbol`` for which the forward pass runs."""
+        for s in self.symbols:
+            if s == symbol or str(s) == str(symbol):
+                return self.domain.sets[s]
+        raise KeyError(f"{symbol} is not an input symbol (have: {', '.join(map(str, self.symbols)) or 'none'})")
+
+    def validity_sentence(self) -> str:
+        parts = [self.domain.sets[s].describe(str(s)) for s in self.symbols]
+        if not self.symbols:
+            parts.append("runs at this size")
+        if self.domain.undecided:
+            parts.append("also needs " + "; ".join(
+                f"{r.reason} (node {r.node})" for r in self.domain.undecided) + " (not decided)")
+        return "; ".join(parts)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+
+def _op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "call_module":
+        return type(graph_module.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f".{node.target}"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _tuple_text(values) -> str:
+    values = tuple(values)
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+def _params(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
+    """The parameters that move sizes, in a short form: ``k3 s2 p1 d2 ceil``."""
+    if node.op == "call_module":
+        m = graph_module.get_submodule(node.target)
+        parts = []
+        for attribute, prefix, default in (("kernel_size", "k", None), ("stride", "s", 1), ("padding", "p", 0),
+                                           ("dilation", "d", 1), ("output_padding", "op", 0)):
+            value = getattr(m, attribute, None)
+            if value is None:
+                continue
+            values = value if isinstance(value, tuple) else (value,)
+            if isinstance(value, str):
+                parts.append(f"{prefix}={value}")
+            elif attribute == "kernel_size" or any(v != default for v in values):
+                parts.append(f"{prefix}{_tuple_text(values)}")
+        if getattr(m, "ceil_mode", False):
+            parts.append("ceil")
+        if isinstance(m, nn.Upsample):
+            parts.append(m.mode + (f" x{m.scale_factor}" if m.scale_factor else f" size={m.size}"))
+        if hasattr(m, "output_size") and not isinstance(m, nn.Upsample):
+            parts.append(f"out={m.output_size}")
+        return " ".join(parts)
+    if node.op == "call_function" and getattr(node.target, "__name__", "") == "interpolate":
+        kwargs = node.kwargs
+        mode = kwargs.get("mode", "nearest")
+        text = f"{mode}"
+        if kwargs.get("align_corners"):
+            text += " align_corners"
+        if kwargs.get("scale_factor") is not None:
+            text += f" x{kwargs['scale_factor']}"
+        return text
+    if node.op == "call_function" and getattr(node.target, "__name__", "") == "getitem":
+        index = node.args[1]
+        items = index if isinstance(index, tuple) else (index,)
+        return "[" + ", ".join(_slice_text(i) for i in items) + "]"
+    return ""
+
+
+def _slice_text(item) -> str:
+    if isinstance(item, slice):
+        def bound(b):
+            if b is None:
+                return ""
+            return b.name if isinstance(b, torch.fx.Node) else str(b)
+        return f"{bound(item.start)}:{bound(item.stop)}" + (f":{item.step}" if item.step not in (None, 1) else "")
+    if isinstance(item, torch.fx.Node):
+        return item.name
+    return "..." if item is Ellipsis else str(item)
+
+
+def _outputs(value) -> dict[str, SymbolicTensor]:
+    if isinstance(value, SymbolicTensor):
+        return {"output": value}
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items() if isinstance(v, SymbolicTensor)}
+    if isinstance(value, (tuple, list)):
+        return {str(i): v for i, v in enumerate(value) if isinstance(v, SymbolicTensor)}
+    return {}
+
+
+def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None, batch: int = 1,
+            name: Optional[str] = None) -> Analysis:
+    """Trace ``model`` and derive, for the input spec (``"H"``, ``"HxW"``,
+    ``"512x384"``), every layer's spatial sizes, the crop offsets, the output
+    sizes and the exact set of valid input sizes."""
+    name = name or type(model).__name__
+    spec = parse_input_spec(input) if isinstance(input, str) else input
+    try:
+        graph_module = trace_module(model)
+        dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
+        spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
+        channel_count = channels or inferred_channels or 3
+        count = len(spec.sizes)
+        input_tensor = SymbolicTensor((sympy.Integer(batch), sympy.Integer(channel_count), *spec.sizes),
+                                      tuple(range(2, 2 + count)), (IDENTITY,) * count)
+        placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+        required = [n for n in placeholders if not n.args]
+        if len(required) > 1:
+            raise TraceError(f"forward() takes {len(required)} tensor inputs; shapecalc traces models with one input")
+        domain = Domain(spec.symbols)
+        interpreter = SizeInterpreter(graph_module, domain)
+        result = interpreter.run(input_tensor)
+    except ShapecalcError as error:
+        raise _with_context(error, name, spec) from error
+    layers = []
+    for node in graph_module.graph.nodes:
+        value = node.meta.get(META_KEY)
+        if isinstance(value, SymbolicTensor) and value.spatial and node.op != "output":
+            layers.append(Layer(node.name, _op_label(node, graph_module), _params(node, graph_module), value))
+    crops = crop_alignments(graph_module, interpreter.crops, domain, input_tensor)
+    return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, interpreter.notes, graph_module)
+
+
+def _with_context(error: ShapecalcError, model: str, spec: InputSpec) -> ShapecalcError:
+    node = getattr(error, "node", None)
+    where = f" at node {node!r} ({error.op})" if node else ""
+    message = f"{model} with --input {spec.text}{where}: {error.reason}"
+    wrapped = type(error)(message)
+    wrapped.node = node
+    return wrapped

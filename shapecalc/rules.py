@@ -1,0 +1,916 @@
+"""THE size-rule registry: one decorated function per op, one signature.
+
+A rule is ``rule(ctx, *args, **kwargs) -> value``: ``args``/``kwargs`` are the
+node's arguments with tensors replaced by :class:`SymbolicTensor` and sizes
+by sympy expressions; ``ctx`` (a :class:`RuleContext`) gives the module of a
+``call_module`` node and lets the rule state what the forward pass needs
+(``ctx.require``) and simplify clamped sizes against what is known so far
+(``ctx.simplify``).  Keys are ``nn.Module`` classes, functions, or method names
+(``"view"``).  Adding an op means one rule here plus its cross-check case in
+``shapecalc.strategies``; nothing else changes.
+
+Every formula is PyTorch's own (``torch/_meta_registrations.py``,
+``aten/src/ATen/native/Pool.h``, ``torch/nn/functional.py``); each is
+cross-checked against real forward passes in ``tests/test_rules.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import sympy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._errors import UnsupportedOpError
+from .symbolic import as_expr, ceildiv, floor_of, floordiv, format_expr, is_concrete
+from .tensors import AxisGeometry, SymbolicTensor
+
+
+class RuleContext(Protocol):
+    node_name: str
+    module: Optional[nn.Module]
+    training: bool
+
+    def require(self, condition, reason: str) -> None: ...
+    def simplify(self, expr): ...
+    def always(self, condition) -> Optional[bool]: ...
+    def note(self, text: str) -> None: ...
+    def record_crop(self, source, result, offsets) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    function: Callable[..., Any]
+
+
+RULES: dict[Any, Rule] = {}
+
+
+def rule(*keys):
+    """Register ``function`` as the size rule of every key (module class,
+    function, or method name)."""
+
+    def register(function):
+        for key in dict.fromkeys(keys):  # F.conv2d is torch.conv2d: one key
+            if key in RULES:
+                raise ValueError(f"two rules for {key!r}")
+            RULES[key] = Rule(function.__name__, function)
+        return function
+
+    return register
+
+
+def lookup(kind: str, target) -> Optional[Rule]:
+    """The rule for a graph node: ``kind`` is the fx op, ``target`` the module
+    instance, function or method name."""
+    if kind == "call_module":
+        for cls in type(target).__mro__:
+            if cls in RULES:
+                return RULES[cls]
+        return None
+    if kind == "call_method":
+        return RULES.get(str(target))
+    try:
+        return RULES.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+def key_name(key) -> str:
+    if isinstance(key, str):
+        return f"Tensor.{key}"
+    if isinstance(key, type):
+        return f"{key.__module__.replace('torch.nn.modules', 'nn').split('.')[0]}.{key.__name__}" if key.__module__.startswith("torch.nn") else key.__name__
+    module = getattr(key, "__module__", None) or ""
+    return f"{module}.{getattr(key, '__name__', repr(key))}"
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+
+
+def _per_axis(value, count: int, what: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return tuple(value) * count
+        if len(value) != count:
+            raise UnsupportedOpError(f"{what} {tuple(value)} has {len(value)} entries for {count} spatial axes")
+        return tuple(value)
+    return (value,) * count
+
+
+def _expect_tensor(value, what: str) -> SymbolicTensor:
+    if not isinstance(value, SymbolicTensor):
+        raise UnsupportedOpError(f"{what} expected a tensor, got {type(value).__name__}")
+    return value
+
+
+def _spatial_count(x: SymbolicTensor, nd: int) -> None:
+    if len(x.spatial) != nd:
+        raise UnsupportedOpError(f"a {nd}-d spatial op got a tensor with {len(x.spatial)} spatial axes")
+
+
+def _nonempty(ctx: RuleContext, sizes) -> None:
+    for size in sizes:
+        ctx.require(sympy.Ge(size, 1), f"needs a non-empty input (size {format_expr(size)})")
+
+
+def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_left: int, dilation: int):
+    """Coordinate map and receptive field after a conv or pool window."""
+    if g is None:
+        return None
+    span = dilation * (kernel - 1)
+    rf = None if g.rf is None or g.stride is None else g.rf + span * g.stride
+    if g.position_free:
+        return AxisGeometry(None, None, g.rf)
+    shift = (g.shift + pad_left - sympy.Rational(span, 2)) / stride
+    return AxisGeometry(g.scale / stride, shift, rf)
+
+
+def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> None:
+    if x.ndim >= 2:
+        ctx.require(sympy.Eq(x.shape[1], expected), f"{what} expects {expected} input channels, got {format_expr(x.shape[1])}")
+
+
+# ---------------------------------------------------------------------------
+# convolutions
+
+
+def _conv(ctx, x: SymbolicTensor, nd: int, out_channels: int, kernel, stride, padding, dilation, padding_mode="zeros"):
+    _spatial_count(x, nd)
+    kernel, stride, dilation = (_per_axis(v, nd, n) for v, n in ((kernel, "kernel_size"), (stride, "stride"), (dilation, "dilation")))
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = [(0, 0)] * nd
+        elif padding == "same":
+            # PyTorch puts the odd extra pixel of 'same' padding on the right.
+            pads = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+        else:
+            raise UnsupportedOpError(f"padding={padding!r}")
+    else:
+        pads = [(p, p) for p in _per_axis(padding, nd, "padding")]
+    _nonempty(ctx, x.spatial_sizes)
+    sizes, geometry = [], []
+    for n, g, k, s, (left, right), d in zip(x.spatial_sizes, x.geometry, kernel, stride, pads, dilation):
+        if padding_mode == "reflect":
+            ctx.require(sympy.Gt(n, max(left, right)), f"reflect padding {max(left, right)} must be smaller than the input ({format_expr(n)})")
+        elif padding_mode == "circular":
+            ctx.require(sympy.Ge(n, max(left, right)), f"circular padding {max(left, right)} must not exceed the input ({format_expr(n)})")
+        reach = n + left + right - d * (k - 1) - 1
+        ctx.require(sympy.Ge(reach, 0), f"kernel {d * (k - 1) + 1} is larger than the padded input ({format_expr(n + left + right)})")
+        # floor(r/s) + 1 written as floor((r + s)/s): one floor, the form people write.
+        sizes.append(floordiv(reach + s, s))
+        geometry.append(_windowed_geometry(g, k, s, left, d))
+    shape = list(x.shape)
+    if x.ndim == nd + 2:
+        shape[1] = sympy.Integer(out_channels)
+    else:
+        shape[0] = sympy.Integer(out_channels)
+    return SymbolicTensor(tuple(shape), x.spatial, ()).with_spatial(sizes, geometry)
+
+
+@rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def convolution(ctx, x, *args, **kwargs):
+    m = ctx.module
+    x = _expect_tensor(x, type(m).__name__)
+    nd = len(m.kernel_size)
+    _channels(ctx, x, m.in_channels, type(m).__name__)
+    return _conv(ctx, x, nd, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.padding_mode)
+
+
+@rule(F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+def functional_convolution(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    x, weight = _expect_tensor(x, "conv"), _expect_tensor(weight, "conv weight")
+    nd = weight.ndim - 2
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    _channels(ctx, x, int(weight.shape[1]) * int(groups), "conv")
+    return _conv(ctx, x, nd, int(weight.shape[0]), kernel, stride, padding, dilation)
+
+
+def _transposed_axis(g: Optional[AxisGeometry], k: int, s: int, p: int, d: int):
+    if g is None:
+        return None
+    if g.position_free:
+        return g
+    # An output index gathers the taps j with (u + p - j*d) divisible by s;
+    # at most ceil(k / (s/gcd(d, s))) of them, d/gcd(d, s) input steps apart.
+    step = s // math.gcd(d, s)
+    taps = -(-k // step)
+    rf = None if g.rf is None else g.rf + (taps - 1) * sympy.Rational(d, math.gcd(d, s)) * g.stride
+    return AxisGeometry(g.scale * s, g.shift * s + sympy.Rational(d * (k - 1), 2) - p, rf)
+
+
+@rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def transposed_convolution(ctx, x, output_size=None):
+    m = ctx.module
+    if output_size is not None:
+        raise UnsupportedOpError("ConvTranspose called with output_size= (pass output_padding instead)")
+    x = _expect_tensor(x, type(m).__name__)
+    nd = len(m.kernel_size)
+    _spatial_count(x, nd)
+    _channels(ctx, x, m.in_channels, type(m).__name__)
+    _nonempty(ctx, x.spatial_sizes)
+    sizes, geometry = [], []
+    for n, g, k, s, p, d, op in zip(x.spatial_sizes, x.geometry, m.kernel_size, m.stride, m.padding, m.dilation, m.output_padding):
+        size = (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        ctx.require(sympy.Ge(size, 1), f"output size {format_expr(size)} must be positive")
+        sizes.append(size)
+        geometry.append(_transposed_axis(g, k, s, p, d))
+    shape = list(x.shape)
+    shape[1 if x.ndim == nd + 2 else 0] = sympy.Integer(m.out_channels)
+    return SymbolicTensor(tuple(shape), x.spatial, ()).with_spatial(sizes, geometry)
+
+
+# ---------------------------------------------------------------------------
+# pooling
+
+
+def pooled_size(n, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool):
+    """PyTorch's pooling_output_shape as one floor division.
+
+    With ceil_mode, PyTorch rounds up and then drops a last window that would
+    start inside the right padding: ``(out-1)*s >= n + p``.  Both steps
+    together are ``floor((n + 2p - d(k-1) - 1 + min(d(k-1) - p, s - 1))/s) + 1``:
+    the drop happens exactly when rounding up went past ``d(k-1) - p``.
+    """
+    reach = n + 2 * padding - dilation * (kernel - 1) - 1
+    extra = min(dilation * (kernel - 1) - padding, stride - 1) if ceil_mode else 0
+    return floordiv(reach + extra + stride, stride), reach + extra
+
+
+def _pool(ctx, x: SymbolicTensor, nd: int, kernel, stride, padding, dilation, ceil_mode: bool):
+    x = _expect_tensor(x, "pool")
+    _spatial_count(x, nd)
+    kernel = _per_axis(kernel, nd, "kernel_size")
+    stride = _per_axis(stride if stride not in (None, [], ()) else kernel, nd, "stride")
+    padding = _per_axis(padding, nd, "padding")
+    dilation = _per_axis(dilation, nd, "dilation")
+    _nonempty(ctx, x.spatial_sizes)
+    sizes, geometry = [], []
+    for n, g, k, s, p, d in zip(x.spatial_sizes, x.geometry, kernel, stride, padding, dilation):
+        size, numerator = pooled_size(n, k, s, p, d, ceil_mode)
+        ctx.require(sympy.Ge(numerator, 0), f"pooling output {format_expr(size)} must be positive")
+        sizes.append(size)
+        geometry.append(_windowed_geometry(g, k, s, p, d))
+    return x.with_spatial(sizes, geometry)
+
+
+@rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+def max_pooling(ctx, x):
+    m = ctx.module
+    nd = int(type(m).__name__[-2])
+    return _pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+@rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+def average_pooling(ctx, x):
+    m = ctx.module
+    nd = int(type(m).__name__[-2])
+    return _pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, 1, m.ceil_mode)
+
+
+@rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)
+def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    if return_indices:
+        raise UnsupportedOpError("max_pool with return_indices=True")
+    x = _expect_tensor(x, "max_pool")
+    return _pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+@rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+def functional_average_pooling(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    x = _expect_tensor(x, "avg_pool")
+    return _pool(ctx, x, len(x.spatial), kernel_size, stride, padding, 1, ceil_mode)
+
+
+def _adaptive_rf(g: Optional[AxisGeometry], n, out):
+    """Widest adaptive-pool cell, ``[floor(i*n/o), ceil((i+1)*n/o))``, as rf."""
+    if g is None or g.rf is None or g.stride is None:
+        return None
+    out = as_expr(out)
+    if out == 1:
+        return g.rf + (n - 1) * g.stride
+    if is_concrete(n):
+        n_, o_ = int(n), int(out)
+        widest = max(-(-(i + 1) * n_ // o_) - (i * n_) // o_ for i in range(o_))
+        return g.rf + (widest - 1) * g.stride
+    return None
+
+
+def _resampled_geometry(g: Optional[AxisGeometry], n, out, *, align_corners: bool, ratio=None, taps: int = 2):
+    """Where the pixels of a resampled axis sit (the map the resampling
+    intends; issue-level alignment audits compare it with what is sampled)."""
+    if g is None:
+        return None
+    rf = None if g.rf is None or g.stride is None else g.rf + (taps - 1) * g.stride
+    if g.position_free:
+        return AxisGeometry(None, None, g.rf)
+    n, out = as_expr(n), as_expr(out)
+    if align_corners:
+        if n == 1 or out == 1:
+            return AxisGeometry(None, None, rf)
+        factor = (out - 1) / (n - 1)
+        return AxisGeometry(g.scale * factor, g.shift * factor, rf)
+    factor = as_expr(ratio) if ratio is not None else out / n
+    return AxisGeometry(g.scale * factor, (g.shift + sympy.Rational(1, 2)) * factor - sympy.Rational(1, 2), rf)
+
+
+def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size):
+    x = _expect_tensor(x, "adaptive pool")
+    _spatial_count(x, nd)
+    targets = _per_axis(output_size, nd, "output_size")
+    _nonempty(ctx, x.spatial_sizes)
+    sizes, geometry = [], []
+    for n, g, target in zip(x.spatial_sizes, x.geometry, targets):
+        out = n if target is None else as_expr(target)
+        sizes.append(out)
+        if out == 1:
+            geometry.append(None if g is None else AxisGeometry(None, None, _adaptive_rf(g, n, 1)))
+        else:
+            resampled = _resampled_geometry(g, n, out, align_corners=False, taps=1)
+            geometry.append(None if resampled is None else AxisGeometry(resampled.scale, resampled.shift, _adaptive_rf(g, n, out)))
+    return x.with_spatial(sizes, geometry)
+
+
+@rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+def adaptive_pooling(ctx, x):
+    m = ctx.module
+    if getattr(m, "return_indices", False):
+        raise UnsupportedOpError("adaptive max pool with return_indices=True")
+    return _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size)
+
+
+@rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+def functional_adaptive_pooling(ctx, x, output_size, return_indices=False):
+    if return_indices:
+        raise UnsupportedOpError("adaptive max pool with return_indices=True")
+    x = _expect_tensor(x, "adaptive pool")
+    return _adaptive(ctx, x, len(x.spatial), output_size)
+
+
+# ---------------------------------------------------------------------------
+# resampling
+
+_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear": 2, "trilinear": 2, "bicubic": 4, "area": None}
+
+
+def _exact_scale(factor) -> Fraction:
+    """A scale factor as the exact rational PyTorch multiplies by.
+
+    PyTorch computes ``floor(double(n) * scale)``.  That equals the exact
+    rational floor only when the factor is a dyadic rational (like 2, 0.5,
+    1.5): other factors (0.1, 1/3) round in double arithmetic, so a closed
+    form would be wrong for some sizes.  Those are refused, not guessed."""
+    exact = Fraction(float(factor))
+    if exact <= 0:
+        raise UnsupportedOpError(f"scale_factor must be positive, got {factor}")
+    if exact.denominator & (exact.denominator - 1):
+        raise UnsupportedOpError(
+            f"scale_factor {factor} is not a dyadic rational, so its sizes depend on float rounding; use size= or a factor like 0.5, 2, 1.5")
+    return exact
+
+
+def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, antialias=False):
+    x = _expect_tensor(x, "interpolate")
+    nd = len(x.spatial)
+    if (size is None) == (scale_factor is None):
+        raise UnsupportedOpError("interpolate needs exactly one of size and scale_factor")
+    _nonempty(ctx, x.spatial_sizes)
+    if size is not None:
+        targets = [as_expr(s) for s in _per_axis(list(size) if isinstance(size, (list, tuple)) else size, nd, "size")]
+        ratios = [None] * nd
+    else:
+        factors = [_exact_scale(f) for f in _per_axis(scale_factor, nd, "scale_factor")]
+        targets = [floor_of(n * sympy.Rational(f.numerator, f.denominator)) for n, f in zip(x.spatial_sizes, factors)]
+        # Without recompute_scale_factor PyTorch samples with 1/scale_factor,
+        # not with in/out: the ratio is the factor itself.
+        ratios = [None if recompute_scale_factor else sympy.Rational(f.numerator, f.denominator) for f in factors]
+    taps = _TAPS.get(mode, 2)
+    geometry = []
+    for n, out, g, ratio in zip(x.spatial_sizes, targets, x.geometry, ratios):
+        ctx.require(sympy.Ge(out, 1), f"interpolate output {format_expr(out)} must be positive")
+        if mode == "area":
+            geometry.append(_adaptive(ctx, SymbolicTensor((n,), (0,), (g,)), 1, out).geometry[0])
+        else:
+            geometry.append(_resampled_geometry(g, n, out, align_corners=bool(align_corners), ratio=ratio, taps=taps or 2))
+    return x.with_spatial(targets, geometry)
+
+
+@rule(F.interpolate, F.upsample)
+def interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, antialias=False):
+    return _interpolate(ctx, x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+
+
+@rule(nn.Upsample)
+def upsample(ctx, x):
+    m = ctx.module
+    return _interpolate(ctx, x, m.size, m.scale_factor, m.mode, m.align_corners, getattr(m, "recompute_scale_factor", None))
+
+
+# ---------------------------------------------------------------------------
+# padding
+
+
+def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
+    x = _expect_tensor(x, "pad")
+    if len(pad) % 2:
+        raise UnsupportedOpError(f"pad {tuple(pad)} must have an even length")
+    shape = list(x.shape)
+    geometry = dict(zip(x.spatial, x.geometry))
+    for i in range(len(pad) // 2):
+        axis = x.ndim - 1 - i
+        left, right = as_expr(pad[2 * i]), as_expr(pad[2 * i + 1])
+        n = shape[axis]
+        size = n + left + right
+        ctx.require(sympy.Ge(size, 0), f"padding ({format_expr(left)}, {format_expr(right)}) crops more than the size {format_expr(n)}")
+        if mode == "reflect":
+            ctx.require(sympy.And(sympy.Gt(n, left), sympy.Gt(n, right)), f"reflect padding must be smaller than the input ({format_expr(n)})")
+        elif mode in ("replicate", "circular"):
+            _nonempty(ctx, [n])
+        shape[axis] = size
+        if axis in geometry and geometry[axis] is not None:
+            geometry[axis] = geometry[axis].shifted(-left)
+    return SymbolicTensor(tuple(shape), x.spatial, tuple(geometry[a] for a in x.spatial))
+
+
+@rule(F.pad)
+def functional_pad(ctx, x, pad, mode="constant", value=None):
+    return _pad(ctx, x, pad, mode)
+
+
+@rule(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+      nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+      nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+def padding_module(ctx, x):
+    m = ctx.module
+    name = type(m).__name__
+    mode = "reflect" if name.startswith("Reflection") else "replicate" if name.startswith("Replication") else "circular" if name.startswith("Circular") else "constant"
+    return _pad(ctx, x, m.padding, mode)
+
+
+# ---------------------------------------------------------------------------
+# shape-preserving ops
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.LayerNorm,
+)
+_POINTWISE_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.softplus, F.softmax, F.log_softmax, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid, F.tanh,
+    F.group_norm, F.instance_norm, F.layer_norm, torch.relu, torch.sigmoid, torch.tanh, torch.softmax,
+    torch.log_softmax, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.clamp, torch.nn.functional.normalize,
+)
+_POINTWISE_METHODS = (
+    "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "clamp", "clamp_", "softmax", "log_softmax",
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as", "cuda", "cpu",
+    "requires_grad_", "mul_", "add_", "div_",
+)
+
+
+@rule(*_POINTWISE_MODULES, *_POINTWISE_FUNCTIONS, *_POINTWISE_METHODS)
+def shape_preserving(ctx, x, *args, **kwargs):
+    if isinstance(x, SymbolicTensor) and ctx.module is not None and isinstance(ctx.module, nn.LayerNorm):
+        normalized = tuple(ctx.module.normalized_shape)
+        for size, expected in zip(x.shape[-len(normalized):], normalized):
+            ctx.require(sympy.Eq(size, expected), f"LayerNorm over {normalized} got size {format_expr(size)}")
+    return x
+
+
+@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+def batch_norm(ctx, x):
+    m = ctx.module
+    x = _expect_tensor(x, type(m).__name__)
+    _channels(ctx, x, m.num_features, type(m).__name__)
+    if m.training:
+        values = " x ".join(format_expr(s) for s in (x.shape[0], *x.spatial_sizes))
+        ctx.note(f"{type(m).__name__} in training mode needs more than one value per channel "
+                 f"(batch x spatial = {values} > 1); a training-mode limit, not a size error")
+    return x
+
+
+@rule(F.batch_norm)
+def functional_batch_norm(ctx, x, *args, **kwargs):
+    return _expect_tensor(x, "batch_norm")
+
+
+# ---------------------------------------------------------------------------
+# merges
+
+
+def broadcast_size(ctx, a, b):
+    """PyTorch broadcasting of one axis: equal, or one side is 1."""
+    a, b = as_expr(a), as_expr(b)
+    if a == b:
+        return a
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    equal = sympy.Eq(a, b)
+    ctx.require(sympy.Or(equal, sympy.Eq(a, 1), sympy.Eq(b, 1)),
+                f"sizes {format_expr(a)} and {format_expr(b)} must match (or one be 1)")
+    if ctx.always(equal):
+        return a
+    return sympy.Piecewise((b, sympy.Eq(a, 1)), (a, True))
+
+
+def _merge_geometry(ga: Optional[AxisGeometry], gb: Optional[AxisGeometry]):
+    """The union of two paths' receptive fields, on the first path's map."""
+    if ga is None or gb is None:
+        return ga if gb is None else gb
+    if ga.position_free or gb.position_free:
+        free, other = (ga, gb) if ga.position_free else (gb, ga)
+        rf = None if free.rf is None or other.rf is None else sympy.Max(free.rf, other.rf)
+        return AxisGeometry(other.scale, other.shift, rf)
+    if ga.rf is None or gb.rf is None:
+        return AxisGeometry(ga.scale, ga.shift, None)
+    low = sympy.Min(ga.center - ga.rf / 2, gb.center - gb.rf / 2)
+    high = sympy.Max(ga.center + ga.rf / 2, gb.center + gb.rf / 2)
+    return AxisGeometry(ga.scale, ga.shift, high - low)
+
+
+def elementwise(ctx, a, b):
+    if not isinstance(a, SymbolicTensor) and not isinstance(b, SymbolicTensor):
+        return None
+    if not isinstance(b, SymbolicTensor):
+        return a
+    if not isinstance(a, SymbolicTensor):
+        return b
+    ndim = max(a.ndim, b.ndim)
+    shape_a = (sympy.Integer(1),) * (ndim - a.ndim) + a.shape
+    shape_b = (sympy.Integer(1),) * (ndim - b.ndim) + b.shape
+    shape = tuple(broadcast_size(ctx, x, y) for x, y in zip(shape_a, shape_b))
+    spatial_a = {i + ndim - a.ndim: g for i, g in zip(a.spatial, a.geometry)}
+    spatial_b = {i + ndim - b.ndim: g for i, g in zip(b.spatial, b.geometry)}
+    spatial = tuple(sorted(set(spatial_a) | set(spatial_b)))
+    geometry = []
+    for axis in spatial:
+        ga, gb = spatial_a.get(axis), spatial_b.get(axis)
+        # A size-1 side broadcasts: every index sees the same value.
+        if axis in spatial_a and shape_a[axis] == 1 and shape_b[axis] != 1:
+            ga = None
+        if axis in spatial_b and shape_b[axis] == 1 and shape_a[axis] != 1:
+            gb = None
+        geometry.append(_merge_geometry(ga, gb))
+    return SymbolicTensor(shape, spatial, tuple(geometry))
+
+
+def _scalar_or_tensor(ctx, op, a, b):
+    result = elementwise(ctx, a, b)
+    if result is not None:
+        return result
+    return op(a, b)
+
+
+@rule(operator.add, torch.add, "add", "__add__", "__radd__")
+def add(ctx, a, b, *, alpha=1, out=None):
+    return _scalar_or_tensor(ctx, _add_sizes, a, b)
+
+
+def _add_sizes(a, b):
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return tuple(a) + tuple(b)
+    return as_expr(a) + as_expr(b) if not isinstance(a, float) and not isinstance(b, float) else a + b
+
+
+@rule(operator.sub, torch.sub, "sub", "__sub__", "__rsub__")
+def subtract(ctx, a, b, *, alpha=1, out=None):
+    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y), a, b)
+
+
+@rule(operator.mul, torch.mul, "mul", "__mul__", "__rmul__")
+def multiply(ctx, a, b, *, out=None):
+    def times(x, y):
+        if isinstance(x, (tuple, list)) and isinstance(y, int):
+            return tuple(x) * y
+        return as_expr(x) * as_expr(y)
+    return _scalar_or_tensor(ctx, times, a, b)
+
+
+@rule(operator.truediv, torch.div, torch.true_divide, "div", "__truediv__")
+def divide(ctx, a, b, *, rounding_mode=None, out=None):
+    def ratio(x, y):
+        if rounding_mode == "floor":
+            return floordiv(x, y)
+        return as_expr(x) / as_expr(y)
+    return _scalar_or_tensor(ctx, ratio, a, b)
+
+
+@rule(operator.floordiv, "__floordiv__")
+def floor_divide(ctx, a, b):
+    return _scalar_or_tensor(ctx, floordiv, a, b)
+
+
+@rule(operator.mod)
+def modulo(ctx, a, b):
+    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y) * floordiv(x, y), a, b)
+
+
+@rule(operator.neg)
+def negate(ctx, a):
+    return a if isinstance(a, SymbolicTensor) else -as_expr(a)
+
+
+@rule(torch.maximum, torch.minimum)
+def elementwise_pair(ctx, a, b, *, out=None):
+    return elementwise(ctx, a, b)
+
+
+@rule(torch.cat, torch.concat, torch.concatenate)
+def concatenate(ctx, tensors, dim=0, *, axis=None, out=None):
+    dim = axis if axis is not None else dim
+    tensors = [_expect_tensor(t, "cat") for t in tensors]
+    first = tensors[0]
+    axis = first.axis(dim)
+    shape = list(first.shape)
+    geometry = dict(zip(first.spatial, first.geometry))
+    for other in tensors[1:]:
+        if other.ndim != first.ndim:
+            raise UnsupportedOpError(f"cat of a {first.ndim}-d and a {other.ndim}-d tensor")
+        for i, (x, y) in enumerate(zip(shape, other.shape)):
+            if i == axis:
+                shape[i] = x + y
+            elif x != y:
+                ctx.require(sympy.Eq(x, y), f"cat needs equal sizes on dim {i}: {format_expr(x)} vs {format_expr(y)}")
+        for a, g in zip(other.spatial, other.geometry):
+            if a != axis:
+                geometry[a] = _merge_geometry(geometry.get(a), g)
+    if axis in geometry:
+        geometry[axis] = None  # positions along a concatenated spatial axis no longer follow one map
+    return SymbolicTensor(tuple(shape), first.spatial, tuple(geometry[a] for a in first.spatial))
+
+
+@rule(torch.stack)
+def stack(ctx, tensors, dim=0, *, out=None):
+    tensors = [_expect_tensor(t, "stack") for t in tensors]
+    merged = tensors[0]
+    for other in tensors[1:]:
+        merged = elementwise(ctx, merged, other)
+        for x, y in zip(tensors[0].shape, other.shape):
+            if x != y:
+                ctx.require(sympy.Eq(x, y), f"stack needs equal sizes: {format_expr(x)} vs {format_expr(y)}")
+    axis = dim % (merged.ndim + 1)
+    shape = merged.shape[:axis] + (sympy.Integer(len(tensors)),) + merged.shape[axis:]
+    spatial = tuple(a + 1 if a >= axis else a for a in merged.spatial)
+    return SymbolicTensor(shape, spatial, merged.geometry)
+
+
+# ---------------------------------------------------------------------------
+# sizes and indexing
+
+
+@rule("size")
+def size(ctx, x, dim=None):
+    x = _expect_tensor(x, "size")
+    return x.shape if dim is None else x.shape[x.axis(dim)]
+
+
+@rule("dim")
+def dimensions(ctx, x):
+    return _expect_tensor(x, "dim").ndim
+
+
+@rule(builtins.getattr)
+def attribute(ctx, obj, name, *default):
+    if isinstance(obj, SymbolicTensor):
+        if name == "shape":
+            return obj.shape
+        if name == "ndim":
+            return obj.ndim
+        raise UnsupportedOpError(f"tensor attribute .{name}")
+    return getattr(obj, name, *default)
+
+
+@rule(builtins.len)
+def length(ctx, obj):
+    if isinstance(obj, SymbolicTensor):
+        return obj.shape[0]
+    return len(obj)
+
+
+@rule(builtins.int)
+def to_int(ctx, value):
+    value = as_expr(value)
+    return value if value.is_integer else floor_of(value)
+
+
+def _clamped_bound(ctx, bound, n, default):
+    """Python's slice bound normalisation: negative counts from the end, then
+    clamp to [0, n].  Decided against the domain where possible."""
+    if bound is None:
+        return as_expr(default)
+    bound = as_expr(bound)
+    if ctx.always(sympy.Ge(bound, 0)):
+        return ctx.simplify(sympy.Min(bound, n))
+    if ctx.always(sympy.Lt(bound, 0)):
+        return ctx.simplify(sympy.Max(0, bound + n))
+    return ctx.simplify(sympy.Piecewise((sympy.Max(0, bound + n), sympy.Lt(bound, 0)), (sympy.Min(bound, n), True)))
+
+
+def _slice_axis(ctx, n, geometry: Optional[AxisGeometry], index: slice):
+    if index.step not in (None, 1):
+        step = index.step
+        if not (isinstance(step, int) and step > 0):
+            raise UnsupportedOpError(f"slice step {step!r}: only positive integer steps")
+    start = _clamped_bound(ctx, index.start, n, 0)
+    stop = _clamped_bound(ctx, index.stop, n, n)
+    length = ctx.simplify(sympy.Max(0, stop - start))
+    step = index.step or 1
+    if step != 1:
+        length = floordiv(length + step - 1, step)
+    new_geometry = None
+    if geometry is not None:
+        if geometry.position_free:
+            new_geometry = geometry
+        else:
+            moved = geometry.shifted(start)
+            new_geometry = moved if step == 1 else _windowed_geometry(moved, 1, step, 0, 1)
+    return length, new_geometry, start
+
+
+@rule(operator.getitem)
+def getitem(ctx, obj, index):
+    if not isinstance(obj, SymbolicTensor):
+        if isinstance(obj, (tuple, list, torch.Size)) and isinstance(index, slice):
+            return tuple(obj[index])
+        return obj[index]
+    return _index_tensor(ctx, obj, index)
+
+
+def _index_tensor(ctx, x: SymbolicTensor, index):
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(i, (SymbolicTensor, list, torch.Tensor)) for i in items):
+        raise UnsupportedOpError("advanced (tensor) indexing")
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        position = items.index(Ellipsis)
+        items[position:position + 1] = [slice(None)] * (x.ndim - consumed)
+    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    shape, spatial, geometry = [], [], []
+    offsets = {}
+    axis = 0
+    old_geometry = dict(zip(x.spatial, x.geometry))
+    for item in items:
+        if item is None:
+            shape.append(sympy.Integer(1))
+            continue
+        n = x.shape[axis]
+        if isinstance(item, slice):
+            if item == slice(None):
+                length, g, start = n, old_geometry.get(axis), sympy.Integer(0)
+            else:
+                length, g, start = _slice_axis(ctx, n, old_geometry.get(axis), item)
+            if axis in old_geometry:
+                spatial.append(len(shape))
+                geometry.append(g)
+                offsets[axis] = start
+            shape.append(length)
+        else:
+            position = as_expr(item)
+            ctx.require(sympy.And(sympy.Ge(position, -n), sympy.Lt(position, n)), f"index {format_expr(position)} out of range for size {format_expr(n)}")
+        axis += 1
+    result = SymbolicTensor(tuple(shape), tuple(spatial), tuple(geometry))
+    ctx.record_crop(x, result, offsets)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# reshaping
+
+
+def _reshape(ctx, x: SymbolicTensor, sizes):
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    sizes = [as_expr(s) for s in sizes]
+    total = sympy.Mul(*x.shape)
+    if any(s == -1 for s in sizes):
+        known = sympy.Mul(*[s for s in sizes if s != -1])
+        inferred = floordiv(total, known) if known.is_Integer and total.is_Integer else total / known
+        sizes = [inferred if s == -1 else s for s in sizes]
+    ctx.require(sympy.Eq(sympy.expand(sympy.Mul(*sizes)), sympy.expand(total)), f"view {tuple(format_expr(s) for s in sizes)} does not match {format_expr(total)} elements")
+    # A spatial axis survives when its exact size expression reappears, in order.
+    spatial, geometry, cursor = [], [], 0
+    for axis, size in enumerate(sizes):
+        for k in range(cursor, len(x.spatial)):
+            if x.spatial_sizes[k] == size and not size.is_Number:
+                spatial.append(axis)
+                geometry.append(x.geometry[k])
+                cursor = k + 1
+                break
+    return SymbolicTensor(tuple(sizes), tuple(spatial), tuple(geometry))
+
+
+@rule("view", "reshape", torch.reshape)
+def reshape(ctx, x, *sizes, shape=None):
+    return _reshape(ctx, _expect_tensor(x, "view"), sizes if shape is None else (shape,))
+
+
+def _flatten(x: SymbolicTensor, start: int, end: int):
+    start, end = x.axis(start), x.axis(end)
+    merged = sympy.Mul(*x.shape[start:end + 1])
+    shape = x.shape[:start] + (merged,) + x.shape[end + 1:]
+    spatial, geometry = [], []
+    for a, g in zip(x.spatial, x.geometry):
+        if a < start:
+            spatial.append(a), geometry.append(g)
+        elif a > end:
+            spatial.append(a - (end - start)), geometry.append(g)
+        elif start == end:
+            spatial.append(a), geometry.append(g)
+    return SymbolicTensor(shape, tuple(spatial), tuple(geometry))
+
+
+@rule(torch.flatten, "flatten")
+def flatten(ctx, x, start_dim=0, end_dim=-1):
+    return _flatten(_expect_tensor(x, "flatten"), start_dim, end_dim)
+
+
+@rule(nn.Flatten)
+def flatten_module(ctx, x):
+    return _flatten(_expect_tensor(x, "Flatten"), ctx.module.start_dim, ctx.module.end_dim)
+
+
+@rule(nn.Linear)
+def linear(ctx, x):
+    m = ctx.module
+    x = _expect_tensor(x, "Linear")
+    last = x.ndim - 1
+    ctx.require(sympy.Eq(x.shape[last], m.in_features), f"Linear expects {m.in_features} features, got {format_expr(x.shape[last])}")
+    keep = [(a, g) for a, g in zip(x.spatial, x.geometry) if a != last]
+    return SymbolicTensor(x.shape[:last] + (sympy.Integer(m.out_features),), tuple(a for a, _ in keep), tuple(g for _, g in keep))
+
+
+def _moved(x: SymbolicTensor, order: Sequence[int]) -> SymbolicTensor:
+    order = [x.axis(a) for a in order]
+    geometry = dict(zip(x.spatial, x.geometry))
+    spatial = [new for new, old in enumerate(order) if old in geometry]
+    return SymbolicTensor(tuple(x.shape[a] for a in order), tuple(spatial), tuple(geometry[order[a]] for a in spatial))
+
+
+@rule("permute", torch.permute)
+def permute(ctx, x, *dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    return _moved(_expect_tensor(x, "permute"), dims)
+
+
+@rule("transpose", torch.transpose)
+def transpose(ctx, x, dim0, dim1):
+    x = _expect_tensor(x, "transpose")
+    order = list(range(x.ndim))
+    a, b = x.axis(dim0), x.axis(dim1)
+    order[a], order[b] = order[b], order[a]
+    return _moved(x, order)
+
+
+@rule("unsqueeze", torch.unsqueeze)
+def unsqueeze(ctx, x, dim):
+    x = _expect_tensor(x, "unsqueeze")
+    axis = dim % (x.ndim + 1)
+    shape = x.shape[:axis] + (sympy.Integer(1),) + x.shape[axis:]
+    return SymbolicTensor(shape, tuple(a + 1 if a >= axis else a for a in x.spatial), x.geometry)
+
+
+@rule("squeeze", torch.squeeze)
+def squeeze(ctx, x, dim=None):
+    x = _expect_tensor(x, "squeeze")
+    dims = range(x.ndim) if dim is None else [x.axis(d) for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+    drop = [a for a in dims if x.shape[a] == 1]
+    undecided = [a for a in dims if not x.shape[a].is_Number]
+    if undecided:
+        raise UnsupportedOpError(f"squeeze of a symbolic axis ({format_expr(x.shape[undecided[0]])}) has a size-dependent rank")
+    keep = [a for a in range(x.ndim) if a not in drop]
+    geometry = dict(zip(x.spatial, x.geometry))
+    spatial = [i for i, a in enumerate(keep) if a in geometry]
+    return SymbolicTensor(tuple(x.shape[a] for a in keep), tuple(spatial), tuple(geometry[keep[i]] for i in spatial))
+
+
+@rule("mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin)
+def reduction(ctx, x, dim=None, keepdim=False, *, dtype=None):
+    x = _expect_tensor(x, "reduction")
+    if dim is None:
+        return SymbolicTensor(())
+    dims = {x.axis(d) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+    _nonempty(ctx, [x.shape[a] for a in dims if a in x.spatial])
+    geometry = dict(zip(x.spatial, x.geometry))
+    shape, spatial, new_geometry = [], [], []
+    for a, n in enumerate(x.shape):
+        if a in dims and not keepdim:
+            continue
+        if a in geometry:
+            spatial.append(len(shape))
+            g = geometry[a]
+            new_geometry.append(g if a not in dims or g is None else AxisGeometry(None, None, _adaptive_rf(g, n, 1)))
+        shape.append(sympy.Integer(1) if a in dims else n)
+    return SymbolicTensor(tuple(shape), tuple(spatial), tuple(new_geometry))
