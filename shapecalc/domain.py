@@ -397,7 +397,9 @@ class PeriodicSet:
             return f"no {symbol} (the network never runs)"
         if self.period == 1:
             parts = [_describe_interval(symbol, lo, hi) for lo, hi in self.classes[0]]
-            return "every " + " or ".join(parts) if len(parts) == 1 else " or ".join(parts)
+            if len(parts) == 1 and self.classes[0][0][1] is None:
+                return "every " + parts[0]
+            return " or ".join(parts)
         clauses = []
         for r, intervals in enumerate(self.classes):
             if not intervals:

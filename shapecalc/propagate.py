@@ -12,8 +12,8 @@ import torch.fx
 from . import rules
 from ._errors import ShapecalcError, SizeError, UnsupportedOpError
 from .domain import Domain, Requirement
-from .symbolic import format_expr
-from .tensors import SymbolicTensor
+from .symbolic import format_expr, merge_floor_terms
+from .tensors import AxisGeometry, SymbolicTensor
 
 #: the one node.meta key shapecalc writes
 META_KEY = "shapecalc"
@@ -105,6 +105,22 @@ class _NodeContext:
             self._interpreter.crops.append(CropRecord(self.node_name, source, result, dict(starts)))
 
 
+def _canonical(value):
+    """Every size in a node's value, with floor terms merged (see merge_floor_terms)."""
+    if isinstance(value, sympy.Basic):
+        return merge_floor_terms(value)
+    if isinstance(value, SymbolicTensor):
+        geometry = tuple(None if g is None else AxisGeometry(*(None if v is None else merge_floor_terms(v)
+                                                               for v in (g.scale, g.shift, g.rf)))
+                         for g in value.geometry)
+        return SymbolicTensor(tuple(merge_floor_terms(s) for s in value.shape), value.spatial, geometry)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_canonical(v) for v in value)
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _describe_target(node: torch.fx.Node, module=None) -> str:
     if node.op == "call_module":
         return type(module).__name__
@@ -127,7 +143,7 @@ class SizeInterpreter(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         self._node = n
         try:
-            value = super().run_node(n)
+            value = _canonical(super().run_node(n))
         except ShapecalcError as error:
             if getattr(error, "node", None) is None:
                 error.node = n.name

@@ -143,6 +143,38 @@ def floordiv(numerator, divisor) -> sympy.Expr:
     return extracted + FloorDiv(_from_terms(rest), sympy.Integer(q))
 
 
+def merge_floor_terms(expr):
+    """Combine floor terms that differ by whole multiples of their divisor.
+
+    ``floor((x + 8)/2) - floor((x - 4)/2)`` is ``6`` for every integer ``x``,
+    but sympy keeps both terms because each was built on its own.  Writing
+    every ``FloorDiv(e + q*m, q)`` as ``FloorDiv(e, q) + m`` against the first
+    term seen with the same divisor and variable part lets them cancel.
+    """
+    if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+        return expr
+    args = [merge_floor_terms(a) for a in expr.args]
+    if args != list(expr.args):
+        expr = expr.func(*args)
+    if not expr.is_Add:
+        return expr
+    representatives: dict[tuple, FloorDiv] = {}
+    replacements = {}
+    for term in sorted(expr.atoms(FloorDiv), key=sympy.default_sort_key):  # sorted: stable output
+        constant, variable = term.numerator.as_coeff_Add()
+        if not constant.is_Integer:
+            constant, variable = sympy.Integer(0), term.numerator
+        key = (variable, term.divisor)
+        first = representatives.setdefault(key, term)
+        if first is term:
+            continue
+        first_constant = first.numerator.as_coeff_Add()[0] if first.numerator.as_coeff_Add()[0].is_Integer else 0
+        difference = int(constant) - int(first_constant)
+        if difference % term.divisor == 0:
+            replacements[term] = first + difference // term.divisor
+    return expr.xreplace(replacements) if replacements else expr
+
+
 def ceildiv(numerator, divisor) -> sympy.Expr:
     """``ceil(numerator / divisor)``, stored in its canonical floor form."""
     numerator = as_expr(numerator)
