@@ -26,9 +26,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console():
+    """The one Console.  Piped output gets a wide page so table rows stay
+    whole in files and CI logs (rich would otherwise assume 80 columns)."""
     from rich.console import Console
 
-    return Console(soft_wrap=False)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(soft_wrap=False, width=width)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
