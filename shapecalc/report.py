@@ -118,7 +118,8 @@ def crop_row(crop: CropAlignment) -> list[str]:
 def summary_lines(analysis: Analysis) -> list[str]:
     lines = []
     for name, tensor in analysis.outputs.items():
-        lines.append(f"output {name}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
+        label = "output" if name == "output" else f"output {name!r}"
+        lines.append(f"{label}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
     lines.append(f"valid input: {analysis.validity_sentence()}")
     lines.extend(f"note: {n}" for n in analysis.notes)
     return lines
