@@ -90,6 +90,40 @@ def _trace(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# check
+
+
+def _add_check(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="fail (exit 1) on misaligned crops or merges, a wrong output size or large resampling shifts",
+        description="Check MODEL for every valid input size (or the concrete one): every crop and merge exactly "
+                    "aligned, the output of the expected size, no resample shifting pixels by more than "
+                    "--max-shift. Prints one line per finding; exit 0 when there is no error, 1 otherwise.")
+    _add_model_arguments(parser)
+    parser.add_argument("--input", required=True, metavar="SPEC", help="input size: H, HxW, 512, 512x384, Hx384")
+    parser.add_argument("--expect-output", metavar="SPEC", default=None,
+                        help="the output's spatial size, in the symbols of --input (e.g. H or HxW)")
+    parser.add_argument("--max-shift", type=float, metavar="PIXELS", default=None,
+                        help="largest resampling shift allowed (default: shifts are warnings, not failures)")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    parser.set_defaults(handler=_check)
+
+
+def _check(args) -> int:
+    from .checking import check_model
+    from .trace import load_model, parse_input_spec, parse_model_args
+
+    spec = parse_input_spec(args.input)
+    if args.channels is not None and args.channels < 1:
+        raise_usage(f"--channels must be positive, got {args.channels}")
+    model = load_model(args.model, parse_model_args(args.arg))
+    report = check_model(model, spec, expect_output=args.expect_output, max_shift=args.max_shift,
+                         channels=args.channels, name=args.model)
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else report.to_text(), end="\n" if args.format == "json" else "")
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "convolutional networks, derived symbolically from torch.fx graphs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_trace(subparsers)
+    _add_check(subparsers)
     return parser
 
 

@@ -1,0 +1,419 @@
+"""``check``: the pass/fail verdict CI asks for.
+
+An :class:`~shapecalc.analysis.Analysis` already knows every crop offset the
+geometry needs, how merged tensors line up, how far resampling moves pixels
+and the exact set of valid input sizes.  ``check`` turns that into findings:
+one sentence per problem, naming the node, what the code has, what it needs
+and an input size where it goes wrong.  A finding is an *error* (CI fails) or
+a *warning* (reported, not failed).  Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import sympy
+
+from ._errors import InputSpecError, ShapecalcError, SizeError
+from .analysis import Analysis, analyze
+from .domain import DomainError, condition_set
+from .symbolic import evaluate, format_expr
+from .trace import InputSpec, parse_input_spec
+
+CHECK_JSON_VERSION = 1
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``node`` is the torch.fx node name, ``message`` the
+    sentence after it; ``actual``/``required`` are per-axis display strings
+    and ``counterexample`` an input size where it shows (None: every size)."""
+
+    severity: str
+    kind: str                       # crop, merge, resample, output, domain, size
+    node: str
+    message: str
+    actual: tuple = ()
+    required: tuple = ()
+    counterexample: Optional[dict] = None
+
+    @property
+    def line(self) -> str:
+        return f"{self.severity}: {self.node}: {self.message}"
+
+    def as_data(self) -> dict[str, Any]:
+        return {"severity": self.severity, "kind": self.kind, "node": self.node, "message": self.message,
+                "actual": list(self.actual), "required": list(self.required),
+                "counterexample": None if self.counterexample is None else dict(self.counterexample)}
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The findings of one check, and what was looked at."""
+
+    model: str
+    input: str
+    findings: tuple[Finding, ...]
+    checked: dict = field(default_factory=dict)   # kind -> how many were examined
+    valid: str = ""                               # the validity sentence
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == ERROR)
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in self.checked.items())
+        verdict = "ok" if self.ok else "FAILED"
+        errors, warnings = len(self.errors), len(self.warnings)
+        return (f"{verdict}: {self.model} --input {self.input}: {errors} error{'s' if errors != 1 else ''}, "
+                f"{warnings} warning{'s' if warnings != 1 else ''} ({counts or 'nothing'} checked; "
+                f"valid input: {self.valid})")
+
+    def to_text(self, *, warnings: bool = True) -> str:
+        """One line per finding (errors first), then a summary line."""
+        shown = list(self.errors) + (list(self.warnings) if warnings else [])
+        return "\n".join([f.line for f in shown] + [self.summary()]) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": CHECK_JSON_VERSION,
+            "model": self.model,
+            "input": self.input,
+            "ok": self.ok,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "checked": dict(self.checked),
+            "valid": self.valid,
+            "findings": [f.as_data() for f in self.findings],
+        }
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+
+
+def _text(value) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else format_expr(value)
+
+
+def _axes(values: Sequence) -> str:
+    """Per-axis values, once when every axis agrees (``9`` or ``8 x 9``)."""
+    texts = [_text(v) for v in values]
+    return texts[0] if texts and len(set(texts)) == 1 else " x ".join(texts)
+
+
+def _where(counterexample: Optional[dict], analysis: Analysis) -> str:
+    if counterexample:
+        return ", ".join(f"{k}={v}" for k, v in counterexample.items())
+    if not analysis.symbols:
+        return f"at {analysis.input.text}"
+    return ""
+
+
+def _env(analysis: Analysis, counterexample: Optional[dict]) -> Optional[dict]:
+    """Sizes for every input symbol at a counterexample (others at their
+    smallest valid size), so expressions can be shown as numbers there."""
+    if not analysis.symbols:
+        return {}
+    env = {}
+    for symbol in analysis.symbols:
+        value = (counterexample or {}).get(str(symbol))
+        if value is None:
+            value = analysis.domain.sets[symbol].minimum()
+        if value is None:
+            return None
+        env[symbol] = value
+    return env
+
+
+def _values_at(values: Sequence, env: Optional[dict]) -> Optional[str]:
+    """``values`` evaluated at ``env``, when any of them depends on the input."""
+    if env is None or not any(isinstance(v, sympy.Basic) and v.free_symbols for v in values):
+        return None
+    try:
+        return _axes([evaluate(v, env) for v in values])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _suffix(counterexample: Optional[dict], analysis: Analysis, shown: list[tuple[str, Sequence]]) -> str:
+    """`` (H=1)`` or ``(H=5: offset 7, needs 9)`` when the values depend on H."""
+    where = _where(counterexample, analysis)
+    env = _env(analysis, counterexample)
+    numbers = [(label, _values_at(values, env)) for label, values in shown]
+    if any(text is not None for _, text in numbers):
+        details = ", ".join(f"{label} {text if text is not None else _axes(values)}"
+                            for (label, text), (_, values) in zip(numbers, shown))
+        return f" ({where}: {details})" if where else f" ({details})"
+    return f" ({where})" if where else ""
+
+
+def _is_zero(value) -> bool:
+    return value is not None and not (isinstance(value, sympy.Basic) and value.free_symbols) and value == 0
+
+
+# ---------------------------------------------------------------------------
+# the checks
+
+
+def _crop_findings(analysis: Analysis) -> list[Finding]:
+    findings = []
+    for crop in analysis.crops:
+        offset, required = _axes(crop.offset), _axes(crop.required)
+        if crop.aligned is True:
+            continue
+        if crop.aligned is False:
+            counterexample = crop.counterexample if analysis.symbols else None
+            message = (f"crop offset {offset} where {required} aligns with {crop.partner}"
+                       + _suffix(counterexample, analysis, [("offset", crop.offset), ("needs", crop.required)]))
+            findings.append(Finding(ERROR, "crop", crop.name, message, tuple(map(_text, crop.offset)),
+                                    tuple(map(_text, crop.required)), counterexample))
+            continue
+        if crop.merge is None:
+            why = "it feeds no merge or output, so nothing says where it must start"
+        elif any(r is None for r in crop.required):
+            why = f"its scale differs from {crop.partner}'s or a position is unknown"
+        else:
+            why = "alignment could not be decided for every valid size"
+        findings.append(Finding(WARNING, "crop", crop.name, f"crop offset {offset} not checked: {why}",
+                                tuple(map(_text, crop.offset)), tuple(map(_text, crop.required))))
+    return findings
+
+
+def _merge_findings(analysis: Analysis) -> list[Finding]:
+    findings = []
+    for merge in getattr(analysis, "merges", []):
+        inputs = list(getattr(merge, "inputs", ()))
+        shift = tuple(getattr(merge, "shift", ()) or ())
+        aligned = getattr(merge, "aligned", None)
+        if aligned is True:
+            continue
+        names = " and ".join(inputs) if len(inputs) <= 2 else ", ".join(inputs)
+        if aligned is False:
+            counterexample = getattr(merge, "counterexample", None) if analysis.symbols else None
+            message = (f"merges {names} shifted by {_axes(shift)} px where 0 aligns"
+                       + _suffix(counterexample, analysis, [("shift", shift)]))
+            findings.append(Finding(ERROR, "merge", merge.name, message, tuple(map(_text, shift)),
+                                    tuple("0" for _ in shift), counterexample))
+        else:
+            findings.append(Finding(WARNING, "merge", merge.name,
+                                    f"alignment of {names} could not be decided", tuple(map(_text, shift))))
+    return findings
+
+
+def _exceeds(shift, limit: float, analysis: Analysis) -> tuple[Optional[bool], Optional[dict]]:
+    """Whether ``|shift| > limit`` for some valid size, and the smallest such size."""
+    if shift is None:
+        return None, None
+    if not (isinstance(shift, sympy.Basic) and shift.free_symbols):
+        return abs(float(shift)) > limit, None
+    bound = sympy.Rational(str(limit))
+    magnitude = shift.args[0] if isinstance(shift, sympy.Abs) else shift
+    within = sympy.And(sympy.Le(magnitude, bound), sympy.Ge(magnitude, -bound))
+    symbols = sorted(within.free_symbols, key=str)
+    if len(symbols) != 1 or analysis.domain.undecided:
+        return None, None
+    (symbol,) = symbols
+    try:
+        failing = analysis.domain.sets[symbol].difference(condition_set(within, symbol))
+    except DomainError:
+        return None, None
+    smallest = failing.minimum()
+    return (smallest is not None), (None if smallest is None else {str(symbol): smallest})
+
+
+def _resample_findings(analysis: Analysis, max_shift: Optional[float]) -> list[Finding]:
+    findings = []
+    for resample in getattr(analysis, "resamples", []):
+        shifts = tuple(getattr(resample, "max_shift", ()) or ())
+        aligned = getattr(resample, "aligned", None)
+        if aligned is True or (shifts and all(_is_zero(s) for s in shifts)):
+            continue
+        mode = getattr(resample, "mode", "resample")
+        corners = getattr(resample, "align_corners", None)
+        what = f"{mode}{' (align_corners=True)' if corners else ''}"
+        counterexample = getattr(resample, "counterexample", None) if analysis.symbols else None
+        if max_shift is not None:
+            verdicts = [_exceeds(s, max_shift, analysis) for s in shifts]
+            if verdicts and all(v is False for v, _ in verdicts):
+                continue
+            if any(v for v, _ in verdicts):
+                counterexample = next(c for v, c in verdicts if v) or counterexample
+                message = (f"{what} resample shifts pixels by up to {_axes(shifts)} px where at most {max_shift:g} "
+                           "is allowed" + _suffix(counterexample, analysis, [("shift", shifts)]))
+                findings.append(Finding(ERROR, "resample", resample.name, message, tuple(map(_text, shifts)),
+                                        tuple(f"{max_shift:g}" for _ in shifts), counterexample))
+                continue
+        message = (f"{what} resample shifts pixels by up to {_axes(shifts)} px"
+                   + _suffix(counterexample, analysis, [("shift", shifts)]))
+        findings.append(Finding(WARNING, "resample", resample.name, message, tuple(map(_text, shifts)), (),
+                                counterexample))
+    return findings
+
+
+def _output_producers(analysis: Analysis) -> dict[str, str]:
+    """Output name -> the fx node whose value it is."""
+    import torch.fx
+
+    producers: dict[str, str] = {}
+    for node in analysis.graph_module.graph.nodes:
+        if node.op != "output":
+            continue
+        value = node.args[0]
+        if isinstance(value, torch.fx.Node):
+            producers["output"] = value.name
+        elif isinstance(value, dict):
+            producers.update({str(k): v.name for k, v in value.items() if isinstance(v, torch.fx.Node)})
+        elif isinstance(value, (tuple, list)):
+            producers.update({str(i): v.name for i, v in enumerate(value) if isinstance(v, torch.fx.Node)})
+    return producers
+
+
+def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
+    findings = []
+    producers = _output_producers(analysis)
+    unknown = set(expected.symbols) - set(analysis.symbols)
+    if unknown:
+        names = ", ".join(sorted(map(str, unknown)))
+        raise InputSpecError(f"--expect-output {expected.text!r} uses {names}, which --input {analysis.input.text!r} "
+                             "does not define")
+    for name, tensor in analysis.outputs.items():
+        sizes = tensor.spatial_sizes
+        try:
+            wanted = expected.for_dimensions(len(sizes)).sizes
+        except InputSpecError as error:
+            raise InputSpecError(f"--expect-output: {error}") from error
+        label = "output" if name == "output" else f"output {name!r}"
+        node = producers.get(name, name)
+        counterexample, bad = None, False
+        for size, want in zip(sizes, wanted):
+            condition = sympy.Eq(size, want)
+            if not condition.free_symbols:
+                bad = bad or condition is sympy.false
+                continue
+            verdict = analysis.domain.always(condition)
+            if verdict is not True:
+                bad = True
+                counterexample = counterexample or analysis.domain.first_failure(condition)
+        if bad:
+            message = (f"{label} size {_axes(sizes)} where {_axes(wanted)} is expected"
+                       + _suffix(counterexample, analysis, [("size", sizes), ("expected", wanted)]))
+            findings.append(Finding(ERROR, "output", node, message, tuple(map(_text, sizes)),
+                                    tuple(map(_text, wanted)), counterexample))
+    return findings
+
+
+def _domain_findings(analysis: Analysis) -> list[Finding]:
+    findings = []
+    for symbol in analysis.symbols:
+        if not analysis.domain.sets[symbol].is_empty():
+            continue
+        # name the requirement that rules out the last remaining sizes
+        remaining, culprit = None, None
+        for requirement in analysis.domain.requirements:
+            if requirement.condition.free_symbols != {symbol}:
+                continue
+            try:
+                allowed = condition_set(requirement.condition, symbol)
+            except DomainError:
+                continue
+            remaining = allowed if remaining is None else remaining.intersection(allowed)
+            if remaining.is_empty():
+                culprit = requirement
+                break
+        node = culprit.node if culprit else "input"
+        why = f": {culprit.reason}" if culprit else ""
+        findings.append(Finding(ERROR, "domain", node, f"the network runs for no {symbol}{why}"))
+    for requirement in analysis.domain.undecided:
+        findings.append(Finding(WARNING, "domain", requirement.node,
+                                f"could not decide for which sizes {requirement.reason}; check a concrete --input"))
+    return findings
+
+
+def _parse_expected(expect_output) -> Optional[InputSpec]:
+    if expect_output is None or isinstance(expect_output, InputSpec):
+        return expect_output
+    if isinstance(expect_output, int) and not isinstance(expect_output, bool):
+        expect_output = str(expect_output)
+    if isinstance(expect_output, (tuple, list)):
+        expect_output = "x".join(str(s) for s in expect_output)
+    if not isinstance(expect_output, str):
+        raise InputSpecError(f"expected output size must be a spec like 'H' or 'HxW', got {expect_output!r}")
+    try:
+        return parse_input_spec(expect_output)
+    except InputSpecError as error:
+        raise InputSpecError(f"bad expected output size {expect_output!r}: {error.reason}") from None
+
+
+def _parse_max_shift(max_shift) -> Optional[float]:
+    if max_shift is None:
+        return None
+    try:
+        value = float(max_shift)
+    except (TypeError, ValueError):
+        raise InputSpecError(f"max shift must be a number of pixels, got {max_shift!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise InputSpecError(f"max shift must be a finite number of pixels >= 0, got {max_shift:g}")
+    return value
+
+
+def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = None,
+          max_shift: Optional[float] = None) -> CheckReport:
+    """Check an analysis: every crop and merge exactly aligned, the output of
+    the expected size (``expect_output``: ``"H"``, ``"HxW"``, ``"512"``), no
+    resample shifting pixels by more than ``max_shift`` (without it, resampling
+    shifts are warnings), and some input size for which the network runs."""
+    expected = _parse_expected(expect_output)
+    limit = _parse_max_shift(max_shift)
+    findings = _domain_findings(analysis) + _crop_findings(analysis) + _merge_findings(analysis)
+    findings += _resample_findings(analysis, limit)
+    checked = {"crop": len(analysis.crops), "merge": len(getattr(analysis, "merges", [])),
+               "resample": len(getattr(analysis, "resamples", []))}
+    if expected is not None:
+        findings += _output_findings(analysis, expected)
+        checked["output"] = len(analysis.outputs)
+    return CheckReport(analysis.model, analysis.input.text, tuple(findings), checked, analysis.validity_sentence())
+
+
+def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Union[str, InputSpec, None] = None,
+                max_shift: Optional[float] = None, channels: Optional[int] = None,
+                name: Optional[str] = None) -> CheckReport:
+    """Analyse ``model`` (an ``nn.Module`` or a MODEL spec such as ``"fcn8s"``
+    or ``"path/to/file.py:factory"``) and check it.  A concrete input size the
+    network cannot run at is an error finding, not an exception."""
+    from .trace import load_model
+
+    if isinstance(model, str):
+        name = name or model
+        model = load_model(model)
+    spec = parse_input_spec(input) if isinstance(input, str) else input
+    expected = _parse_expected(expect_output)
+    limit = _parse_max_shift(max_shift)
+    try:
+        analysis = analyze(model, spec, channels=channels, name=name)
+    except SizeError as error:
+        return _size_error_report(error, name or type(model).__name__, spec)
+    return check(analysis, expect_output=expected, max_shift=limit)
+
+
+def _size_error_report(error: ShapecalcError, model: str, spec: InputSpec) -> CheckReport:
+    reason = getattr(error.__cause__, "reason", None) or error.reason
+    node = getattr(error, "node", None) or "input"
+    finding = Finding(ERROR, "size", node, f"the network cannot run at {spec.text}: {reason}")
+    return CheckReport(model, spec.text, (finding,), {}, "does not run at this size")
