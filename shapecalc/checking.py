@@ -358,7 +358,8 @@ def _parse_expected(expect_output) -> Optional[InputSpec]:
     try:
         return parse_input_spec(expect_output)
     except InputSpecError as error:
-        raise InputSpecError(f"bad expected output size {expect_output!r}: {error.reason}") from None
+        raise InputSpecError(f"bad expected output size {expect_output!r}: give sizes like H, HxW or 512x384 "
+                             "in the symbols of the input") from error
 
 
 def _parse_max_shift(max_shift) -> Optional[float]:
