@@ -90,6 +90,92 @@ def _trace(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# verify
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_verify(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="check the engine's sizes and valid inputs against real forward passes",
+        description="Draw input sizes from MODEL's valid domain (always its smallest sizes and a few large ones), "
+                    "run real forward passes on the device and compare every node's shape with the engine's "
+                    "prediction; sizes outside the domain must fail. A mismatch is shrunk to the smallest "
+                    "failing input and reported with its node. Exit 0 pass, 1 mismatch, 2 usage.")
+    _add_model_arguments(parser)
+    parser.add_argument("--input", default=None, metavar="SPEC",
+                        help="input size (default: one symbol per spatial axis, e.g. HxW)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "meta"), default="auto",
+                        help="where to run (auto: cuda if available, else cpu; meta: shapes only)")
+    parser.add_argument("--examples", type=_positive_int, default=None, metavar="N",
+                        help="valid sizes to run (default: 200 on meta/cuda, 40 on cpu)")
+    parser.add_argument("--max-size", type=_positive_int, default=None, metavar="N",
+                        help="largest size drawn (default: 2048 meta, 1024 cuda, 512 cpu)")
+    parser.add_argument("--width", type=_positive_float, default=None, metavar="W",
+                        help="width= for the model factory (bundled models: thinner channels, same sizes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for drawing sizes (default: 0)")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    parser.set_defaults(handler=_verify)
+
+
+def _verify(args) -> int:
+    from .trace import parse_model_args
+    from .verify import verify
+
+    if args.channels is not None and args.channels < 1:
+        raise_usage(f"--channels must be positive, got {args.channels}")
+    with _progress_bar("verifying") as progress:
+        report = verify(args.model, args.input, device=args.device, examples=args.examples, max_size=args.max_size,
+                        kwargs=parse_model_args(args.arg), width=args.width, channels=args.channels,
+                        seed=args.seed, progress=progress)
+    print(json.dumps(report.as_data(), indent=2) if args.format == "json" else report.summary())
+    return 0 if report.passed else 1
+
+
+class _progress_bar:
+    """A transient rich progress bar on stderr (only on a terminal)."""
+
+    def __init__(self, label: str):
+        self.label, self._progress, self._task = label, None, None
+
+    def __enter__(self):
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(self.label, total=None)
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=max(total, done))
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+        return False
+
+
+# ---------------------------------------------------------------------------
 # check
 
 
@@ -124,6 +210,45 @@ def _check(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# docs
+
+
+def _add_docs(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "docs", help="write (or --check) one Markdown size page per model",
+        description="Write one Markdown page per MODEL (default: every bundled model, plus an index): the per-layer "
+                    "size table with values at typical sizes, crops and merges with derived offsets, the valid "
+                    "input sizes and a Mermaid diagram of the layer graph. With --check, write nothing and exit 1 "
+                    "when a page differs from what the code gives now.")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="bundled name, package.module:factory or "
+                                                                   "path/to/file.py:factory (default: all bundled)")
+    parser.add_argument("--out", default="docs/sizes", metavar="DIR", help="folder of the pages (default: docs/sizes)")
+    parser.add_argument("--input", default="H", metavar="SPEC", help="input size spec (default: H)")
+    parser.add_argument("--sizes", default=None, metavar="N,N,...",
+                        help="typical sizes to show values at (default: 224,500,513)")
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a stale page")
+    parser.set_defaults(handler=_docs)
+
+
+def _docs(args) -> int:
+    from .docsgen import generate, parse_sizes, regenerate_command, stale_pages, write_pages
+
+    pages = generate(args.models, args.input, sizes=parse_sizes(args.sizes))
+    if not args.check:
+        for path in write_pages(pages, args.out):
+            print(f"wrote {path}")
+        return 0
+    problems = stale_pages(pages, args.out, complete=not args.models)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"regenerate with: {regenerate_command(args.models, args.out, args.input, args.sizes)}")
+        return 1
+    print(f"{len(pages)} page{'s' if len(pages) != 1 else ''} in {args.out} up to date")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "convolutional networks, derived symbolically from torch.fx graphs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_trace(subparsers)
+    _add_verify(subparsers)
     _add_check(subparsers)
+    _add_docs(subparsers)
     return parser
 
 

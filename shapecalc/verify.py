@@ -1,0 +1,568 @@
+"""``verify``: the engine's sizes against real forward passes.
+
+The analysis (on a meta-device copy of the model) predicts every node's shape
+as an expression of the input sizes, and the exact set of sizes for which the
+forward pass runs.  Verification draws input sizes from that set (with
+hypothesis, always including the smallest and a few large ones), runs the
+real model on a device, records every node's shape with an fx Interpreter
+over the analysed graph, and compares node by node.  It also runs a few sizes
+the domain excludes: those must fail.  The first disagreement is shrunk to the
+smallest failing input.
+
+hypothesis is imported only when sizes are drawn, so ``import shapecalc``
+stays light.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import sympy
+import torch
+import torch.fx
+import torch.nn as nn
+
+from ._errors import InputSpecError, ShapecalcError, SizeError
+from .analysis import Analysis, analyze
+from .propagate import META_KEY
+from .symbolic import evaluate, format_expr
+from .tensors import SymbolicTensor
+from .trace import InputSpec, load_model, parse_input_spec, spatial_dimensions_and_channels, trace_module
+
+DEVICES = ("auto", "cpu", "cuda", "meta")
+#: the default input spec for a model with 1, 2 or 3 spatial axes
+DEFAULT_INPUTS = {1: "H", 2: "HxW", 3: "D,H,W"}
+#: per device: (examples, largest size drawn) when the caller does not say
+DEFAULT_BUDGET = {"meta": (200, 2048), "cuda": (200, 1024), "cpu": (40, 512)}
+#: the smallest sizes (per symbol) always run, and how many large ones
+SMALLEST, LARGEST = 3, 2
+#: how many sizes outside the domain are run (each must fail)
+INVALID_CHECKS = 4
+#: at most this many forward passes when shrinking a failure by hand
+SHRINK_BUDGET = 64
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when available, else ``cpu``; a device that
+    is not there is a usage error."""
+    if device not in DEVICES:
+        raise InputSpecError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputSpecError("--device cuda: torch.cuda.is_available() is False on this machine")
+    return device
+
+
+def _device_label(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return device
+
+
+# ---------------------------------------------------------------------------
+# recording real shapes
+
+
+def _observed(value):
+    """What a forward pass produced at a node, reduced to shapes and ints."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_observed(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _observed(v) for k, v in value.items()}
+    return None
+
+
+class _ShapeRecorder(torch.fx.Interpreter):
+    """Runs the analysed graph with the *real* model's modules and parameters
+    (same qualified names) and keeps each node's shape, not its tensor."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule, real_module: nn.Module):
+        super().__init__(graph_module, garbage_collect_values=True)
+        self.real = real_module
+        self.shapes: dict[str, Any] = {}
+        self.failed_node: Optional[torch.fx.Node] = None
+
+    def run_node(self, n: torch.fx.Node):
+        try:
+            value = super().run_node(n)
+        except Exception:
+            self.failed_node = n
+            raise
+        self.shapes[n.name] = _observed(value)
+        return value
+
+    def call_module(self, target, args, kwargs):
+        return self.real.get_submodule(target)(*args, **kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        owner = self.real
+        try:
+            for part in target.split("."):
+                owner = getattr(owner, part)
+            return owner
+        except AttributeError:
+            # fx stores tensor constants on the graph module only
+            return self.fetch_attr(target)
+
+
+def _is_resource_error(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+# ---------------------------------------------------------------------------
+# outcomes
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One disagreement between the engine and a forward pass."""
+
+    sizes: dict[str, int]
+    kind: str                      # "size" | "error" (torch failed where valid) | "ran" (torch ran where invalid)
+    node: Optional[str]
+    op: Optional[str]
+    predicted: Optional[str]       # the engine's expression(s) for the node
+    expected: Optional[Any]        # those expressions evaluated at ``sizes``
+    actual: Optional[Any]          # what torch produced
+    message: str
+    shrunk_from: Optional[dict[str, int]] = None
+
+    def describe(self) -> str:
+        at = ", ".join(f"{k}={v}" for k, v in self.sizes.items()) or "the given size"
+        where = f" at node {self.node!r} ({self.op})" if self.node else ""
+        lines = [f"mismatch at {at}{where}: {self.message}"]
+        if self.predicted is not None:
+            lines.append(f"  engine: {self.predicted} = {_shape_text(self.expected)}")
+        if self.actual is not None:
+            lines.append(f"  torch:  {_shape_text(self.actual)}")
+        if self.shrunk_from:
+            lines.append("  (shrunk from " + ", ".join(f"{k}={v}" for k, v in self.shrunk_from.items()) + ")")
+        return "\n".join(lines)
+
+
+def _shape_text(value) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "(" + ", ".join(map(str, value)) + ")"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One input size: what the engine claimed and what torch did."""
+
+    sizes: dict[str, int]
+    claimed_valid: bool
+    ran: bool
+    compared: int
+    mismatch: Optional[Mismatch] = None
+    skipped: Optional[str] = None   # e.g. out of memory: no verdict
+
+
+def _op_of(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(graph_module.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _compare(predicted, actual, env) -> Optional[tuple[Any, Any, str]]:
+    """None when they agree (or cannot be compared); else (expected, actual, text)."""
+    if isinstance(predicted, SymbolicTensor):
+        if not isinstance(actual, tuple) or len(actual) != predicted.ndim:
+            return predicted.shape, actual, f"a {predicted.ndim}-d tensor was predicted"
+        expected = tuple(int(evaluate(s, env)) for s in predicted.shape)
+        return None if expected == actual else (expected, actual, "shape differs")
+    if isinstance(predicted, sympy.Expr):
+        if not isinstance(actual, int):
+            return None
+        expected = evaluate(predicted, env)
+        return None if expected == actual else (expected, actual, "value differs")
+    if isinstance(predicted, (tuple, list)) and isinstance(actual, tuple) and len(predicted) == len(actual):
+        for p, a in zip(predicted, actual):
+            found = _compare(p, a, env)
+            if found is not None:
+                return found
+    return None
+
+
+def _predicted_text(predicted) -> str:
+    if isinstance(predicted, SymbolicTensor):
+        return "(" + ", ".join(format_expr(s) for s in predicted.shape) + ")"
+    if isinstance(predicted, (tuple, list)):
+        return "(" + ", ".join(_predicted_text(p) for p in predicted) + ")"
+    if isinstance(predicted, sympy.Basic):
+        return format_expr(predicted)
+    return repr(predicted)
+
+
+class ForwardChecker:
+    """Runs a model at concrete input sizes and compares with an analysis.
+
+    ``analysis`` comes from a (meta) copy of the model; ``real_module`` has
+    the same structure, lives on ``device`` and has real weights (it may be
+    the analysed module itself on the meta device)."""
+
+    def __init__(self, analysis: Analysis, real_module: nn.Module, device: str):
+        self.analysis, self.real_module, self.device = analysis, real_module, device
+        self.graph_module = analysis.graph_module
+        self._symbols = {str(s): s for s in analysis.symbols}
+        self._nodes = [n for n in self.graph_module.graph.nodes
+                       if n.op in ("call_module", "call_function", "call_method") and META_KEY in n.meta]
+
+    def claimed_valid(self, env: Mapping[sympy.Symbol, int]) -> bool:
+        """The engine's verdict: in every symbol's set, and every undecided
+        requirement true at these sizes."""
+        domain = self.analysis.domain
+        if any(env[s] not in domain.sets[s] for s in self.analysis.symbols):
+            return False
+        return all(bool(evaluate(r.condition, env)) for r in domain.undecided)
+
+    def check(self, sizes: Mapping[str, int]) -> Outcome:
+        sizes = {name: int(sizes[name]) for name in self._symbols}
+        env = {symbol: sizes[name] for name, symbol in self._symbols.items()}
+        claimed = self.claimed_valid(env)
+        shape = tuple(int(evaluate(s, env)) for s in self.analysis.input_tensor.shape)
+        recorder = _ShapeRecorder(self.graph_module, self.real_module)
+        try:
+            with torch.inference_mode():
+                x = torch.randn(shape, device=self.device) if self.device != "meta" else torch.empty(shape, device="meta")
+                recorder.run(x)
+                if self.device == "cuda":
+                    torch.cuda.synchronize()
+        except Exception as error:  # torch refused these sizes
+            if _is_resource_error(error):
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                return Outcome(sizes, claimed, False, 0, skipped=f"{type(error).__name__}: out of memory")
+            if not claimed:
+                return Outcome(sizes, claimed, False, 0)
+            node = recorder.failed_node
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return Outcome(sizes, claimed, False, 0, Mismatch(
+                sizes, "error", node.name if node is not None else None,
+                _op_of(node, self.graph_module) if node is not None else None, None, None, None,
+                f"the engine says these sizes are valid, but torch raised {type(error).__name__}: {first_line}"))
+        compared = 0
+        for node in self._nodes:
+            actual = recorder.shapes.get(node.name)
+            predicted = node.meta[META_KEY]
+            if actual is None:
+                continue
+            found = _compare(predicted, actual, env)
+            compared += 1
+            if found is not None:
+                expected, actual_value, text = found
+                return Outcome(sizes, claimed, True, compared, Mismatch(
+                    sizes, "size", node.name, _op_of(node, self.graph_module), _predicted_text(predicted),
+                    expected, actual_value, text))
+        if not claimed:
+            return Outcome(sizes, claimed, True, compared, Mismatch(
+                sizes, "ran", None, None, None, None, None,
+                f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"))
+        return Outcome(sizes, claimed, True, compared)
+
+
+# ---------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class VerifyReport:
+    """What one verification run did and found."""
+
+    model: str
+    input: str
+    device: str
+    domain: str
+    examples: int = 0              # valid sizes run
+    invalid_checked: int = 0       # sizes outside the domain run (each must fail)
+    nodes_compared: int = 0        # node comparisons, over all examples
+    graph_nodes: int = 0
+    skipped: int = 0               # no verdict (out of memory)
+    analysis_seconds: float = 0.0
+    seconds: float = 0.0
+    size_range: dict[str, tuple[int, int]] = field(default_factory=dict)
+    mismatch: Optional[Mismatch] = None
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatch is None
+
+    def summary(self) -> str:
+        ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items()) or "-"
+        lines = []
+        if self.mismatch is not None:
+            lines.append(self.mismatch.describe())
+        verdict = "PASS" if self.passed else "FAIL"
+        lines += [
+            f"{verdict}: {self.model} --input {self.input} on {self.device}",
+            f"  examples: {self.examples} valid sizes ({ranges}), {self.invalid_checked} invalid sizes"
+            + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
+            f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} nodes per forward pass)",
+            f"  valid input: {self.domain}",
+            f"  time: {self.seconds:.1f} s ({self.analysis_seconds:.1f} s analysis)",
+        ]
+        return "\n".join(lines)
+
+    def as_data(self) -> dict:
+        m = self.mismatch
+        return {
+            "model": self.model, "input": self.input, "device": self.device, "passed": self.passed,
+            "examples": self.examples, "invalid_checked": self.invalid_checked,
+            "nodes_compared": self.nodes_compared, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+            "mismatch": None if m is None else {
+                "sizes": m.sizes, "kind": m.kind, "node": m.node, "op": m.op, "predicted": m.predicted,
+                "expected": m.expected, "actual": m.actual, "message": m.message, "shrunk_from": m.shrunk_from},
+        }
+
+
+# ---------------------------------------------------------------------------
+# planning sizes
+
+
+def _valid_values(analysis: Analysis, symbol: sympy.Symbol, max_size: int) -> list[int]:
+    allowed = analysis.domain.sets[symbol]
+    return [n for n in range(1, max_size + 1) if n in allowed]
+
+
+def _invalid_values(analysis: Analysis, symbol: sympy.Symbol, max_size: int) -> list[int]:
+    """A few sizes the domain excludes: just below the smallest valid size,
+    the smallest ones, and gaps between valid sizes."""
+    allowed = analysis.domain.sets[symbol]
+    invalid = [n for n in range(1, max_size + 1) if n not in allowed]
+    if len(invalid) <= INVALID_CHECKS:
+        return invalid
+    smallest = allowed.minimum()
+    below = [n for n in invalid if smallest is None or n < smallest]
+    picks = below[-2:] + invalid[:1] + [n for n in invalid if smallest is not None and n > smallest][:2]
+    return sorted(dict.fromkeys(picks))[:INVALID_CHECKS]
+
+
+def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
+    """The smallest sizes, a few large ones, and (for 2+ symbols) mixes."""
+    names = list(values)
+    plans = []
+    for i in range(SMALLEST):
+        plans.append({k: v[min(i, len(v) - 1)] for k, v in values.items()})
+    for i in range(LARGEST):
+        plans.append({k: v[max(len(v) - 1 - i, 0)] for k, v in values.items()})
+    if len(names) >= 2:
+        for name in names:
+            plans.append({k: (v[-1] if k == name else v[0]) for k, v in values.items()})
+    unique = {tuple(p.items()): p for p in plans}
+    return list(unique.values())
+
+
+def _load(model, kwargs, width, device):
+    """(name, analysed module on meta, real module on device, device)."""
+    if isinstance(model, nn.Module):
+        parameter = next(iter(model.parameters()), None) or next(iter(model.buffers()), None)
+        own = "cpu" if parameter is None else parameter.device.type
+        if device not in ("auto", own):
+            raise InputSpecError(f"the model lives on {own}; pass a model built on {device} (or a MODEL spec)")
+        return type(model).__name__, model, model, own
+    kwargs = dict(kwargs or {})
+    if width is not None:
+        kwargs["width"] = width
+    device = resolve_device(device)
+    analysed = load_model(model, kwargs)
+    real = analysed if device == "meta" else load_model(model, kwargs, device=device)
+    return model, analysed, real, device
+
+
+def prepare(model: Union[str, nn.Module], input: Optional[str] = None, *, device: str = "auto",
+            kwargs: Optional[Mapping[str, Any]] = None, width: Optional[float] = None,
+            channels: Optional[int] = None) -> ForwardChecker:
+    """Analyse ``model`` and set up forward passes on ``device``.  ``input``
+    defaults to one symbol per spatial axis (``H``, ``HxW``, ``D,H,W``)."""
+    name, analysed, real, device = _load(model, kwargs, width, device)
+    graph_module = trace_module(analysed)
+    if input is None:
+        dimensions, _ = spatial_dimensions_and_channels(graph_module)
+        input = DEFAULT_INPUTS.get(dimensions or 2, "HxW")
+    spec = parse_input_spec(input) if isinstance(input, str) else input
+    analysis = analyze(graph_module, spec, channels=channels, name=name)
+    return ForwardChecker(analysis, real, device)
+
+
+def check_sizes(checker: ForwardChecker, sizes: Sequence[Mapping[str, int]]) -> list[Outcome]:
+    """Every outcome (not only the first mismatch): for sweeps and fuzzing."""
+    return [checker.check(s) for s in sizes]
+
+
+# ---------------------------------------------------------------------------
+# verify
+
+
+def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device: str = "auto",
+           examples: Optional[int] = None, max_size: Optional[int] = None,
+           kwargs: Optional[Mapping[str, Any]] = None, width: Optional[float] = None,
+           channels: Optional[int] = None, seed: int = 0,
+           progress: Optional[ProgressCallback] = None) -> VerifyReport:
+    """Check the engine's sizes and domain for ``model`` against real forward
+    passes on ``device`` (``auto``, ``cpu``, ``cuda`` or ``meta``).
+
+    ``examples`` valid sizes are run (default by device: 200 on meta/cuda, 40
+    on cpu), drawn from the valid domain up to ``max_size`` (2048 / 1024 /
+    512), always including the smallest and largest ones; a few sizes outside
+    the domain are run too and must fail.  The first disagreement is shrunk to
+    the smallest failing input.  ``progress(done, total)`` is called after
+    every forward pass.  Returns a :class:`VerifyReport`; prints nothing."""
+    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+        raise InputSpecError(f"examples must be a positive integer, got {examples!r}")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise InputSpecError(f"max_size must be a positive integer, got {max_size!r}")
+    if width is not None and not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
+        raise InputSpecError(f"width must be a positive number, got {width!r}")
+    started = time.perf_counter()
+    checker = prepare(model, input, device=device, kwargs=kwargs, width=width, channels=channels)
+    analysis = checker.analysis
+    default_examples, default_max = DEFAULT_BUDGET[checker.device]
+    examples = examples or default_examples
+    max_size = max_size or default_max
+    report = VerifyReport(analysis.model, analysis.input.text, _device_label(checker.device),
+                          analysis.validity_sentence(), graph_nodes=len(checker._nodes))
+    report.analysis_seconds = time.perf_counter() - started
+    names = [str(s) for s in analysis.symbols]
+    values = {str(s): _valid_values(analysis, s, max_size) for s in analysis.symbols}
+    cache: dict[tuple, Outcome] = {}
+    done = [0]
+
+    def run(sizes: dict[str, int]) -> Outcome:
+        key = tuple(sizes[n] for n in names)
+        if key not in cache:
+            outcome = checker.check(sizes)
+            cache[key] = outcome
+            report.outcomes.append(outcome)
+            _tally(report, outcome)
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+        return cache[key]
+
+    # sizes outside the domain, the other symbols at their smallest valid size
+    base = {k: (v[0] if v else 1) for k, v in values.items()}
+    invalid = [{**base, str(s): n} for s in analysis.symbols for n in _invalid_values(analysis, s, max_size)]
+    runnable = all(values.values())
+    explicit = _explicit_sizes(values) if runnable else []
+    drawn = max(examples - len(explicit), 0) if names else 0
+    total = len(invalid) + len(explicit) + drawn
+
+    try:
+        for sizes in invalid:
+            outcome = run(sizes)
+            if outcome.mismatch:
+                report.mismatch = outcome.mismatch  # already among the smallest excluded sizes
+                return _finish(report, started)
+        for sizes in explicit:
+            outcome = run(sizes)
+            if outcome.mismatch:
+                report.mismatch = _shrink(outcome, values, run)
+                return _finish(report, started)
+        if drawn and runnable:
+            report.mismatch = _draw(values, drawn, seed, run, cache)
+    finally:
+        report.seconds = time.perf_counter() - started
+    return _finish(report, started)
+
+
+def _tally(report: VerifyReport, outcome: Outcome) -> None:
+    if outcome.skipped:
+        report.skipped += 1
+        return
+    if outcome.claimed_valid:
+        report.examples += 1
+        for name, n in outcome.sizes.items():
+            lo, hi = report.size_range.get(name, (n, n))
+            report.size_range[name] = (min(lo, n), max(hi, n))
+    else:
+        report.invalid_checked += 1
+    report.nodes_compared += outcome.compared
+
+
+def _finish(report: VerifyReport, started: float) -> VerifyReport:
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _shrink(outcome: Outcome, values: dict[str, list[int]], run) -> Mismatch:
+    """Smaller failing sizes, one symbol at a time, within a forward-pass budget."""
+    current, budget = dict(outcome.sizes), SHRINK_BUDGET
+    best = outcome.mismatch
+    for name in current:
+        smaller = [n for n in values[name] if n < current[name]]
+        if len(smaller) > budget // max(len(current), 1):
+            step = max(len(smaller) // (budget // (2 * max(len(current), 1)) or 1), 1)
+            smaller = sorted(set(smaller[:budget // (2 * max(len(current), 1))] + smaller[::step]))
+        for n in smaller:
+            budget -= 1
+            attempt = run({**current, name: n})
+            if attempt.mismatch is not None:
+                current, best = dict(attempt.sizes), attempt.mismatch
+                break
+            if budget <= 0:
+                break
+    if current == outcome.sizes:
+        return best
+    return Mismatch(**{**best.__dict__, "shrunk_from": dict(outcome.sizes)})
+
+
+class _Found(Exception):
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.mismatch.message)
+        self.outcome = outcome
+
+
+def _draw(values: dict[str, list[int]], count: int, seed: int, run, previous: Mapping[tuple, Outcome]) -> Optional[Mismatch]:
+    """Draw ``count`` valid sizes with hypothesis; it shrinks a failure to the
+    smallest failing sizes (sizes are drawn by index into the sorted valid
+    values, so shrinking moves towards small sizes)."""
+    from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis import strategies as st
+
+    sizes = st.fixed_dictionaries({
+        name: st.integers(0, len(v) - 1).map(v.__getitem__) for name, v in values.items()})
+    first: list[Outcome] = []
+    seen: dict[tuple, Outcome] = dict(previous)
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=count, database=None, deadline=None, derandomize=False, verbosity=Verbosity.quiet,
+              phases=(Phase.generate, Phase.shrink), report_multiple_bugs=False, print_blob=False,
+              suppress_health_check=list(HealthCheck))
+    @given(sizes)
+    def property_holds(drawn):
+        key = tuple(drawn.values())
+        # a size already seen and passed is not an example: N examples are N distinct sizes
+        assume(key not in seen or seen[key].mismatch is not None)
+        outcome = run(drawn)
+        seen[key] = outcome
+        if outcome.mismatch is not None:
+            first.append(outcome)
+            raise _Found(outcome)
+
+    try:
+        property_holds()
+    except _Found as found:
+        mismatch = found.outcome.mismatch
+        original = first[0].sizes if first else None
+        if original is not None and original != mismatch.sizes:
+            return Mismatch(**{**mismatch.__dict__, "shrunk_from": dict(original)})
+        return mismatch
+    return None
