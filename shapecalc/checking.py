@@ -416,5 +416,6 @@ def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Uni
 def _size_error_report(error: ShapecalcError, model: str, spec: InputSpec) -> CheckReport:
     reason = getattr(error.__cause__, "reason", None) or error.reason
     node = getattr(error, "node", None) or "input"
-    finding = Finding(ERROR, "size", node, f"the network cannot run at {spec.text}: {reason}")
+    where = f"for any {' x '.join(map(str, spec.sizes))}" if spec.symbols else f"at {spec.text}"
+    finding = Finding(ERROR, "size", node, f"the network cannot run {where}: {reason}")
     return CheckReport(model, spec.text, (finding,), {}, "does not run at this size")
