@@ -111,7 +111,7 @@ def _canonical(value):
         return merge_floor_terms(value)
     if isinstance(value, SymbolicTensor):
         geometry = tuple(None if g is None else AxisGeometry(*(None if v is None else merge_floor_terms(v)
-                                                               for v in (g.scale, g.shift, g.rf)))
+                                                               for v in (g.scale, g.shift, g.rf)), g.window)
                          for g in value.geometry)
         return SymbolicTensor(tuple(merge_floor_terms(s) for s in value.shape), value.spatial, geometry)
     if isinstance(value, tuple) and not hasattr(value, "_fields"):

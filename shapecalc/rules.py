@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._errors import UnsupportedOpError
+from . import receptive
 from .symbolic import as_expr, ceildiv, floor_of, floordiv, format_expr, is_concrete
 from .tensors import AxisGeometry, SymbolicTensor
 
@@ -123,6 +124,14 @@ def _nonempty(ctx: RuleContext, sizes) -> None:
         ctx.require(sympy.Ge(size, 1), f"needs a non-empty input (size {format_expr(size)})")
 
 
+def _axis_geometry(scale, shift, rf, window) -> AxisGeometry:
+    """An axis's geometry; where the exact window is known its widest extent
+    is the receptive field (the per-op formulas assume every index's field
+    has the same width, which a staircase of transposed convs breaks)."""
+    widest = receptive.widest(window)
+    return AxisGeometry(scale, shift, rf if widest is None else sympy.Integer(widest), window)
+
+
 def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_left: int, dilation: int):
     """Coordinate map and receptive field after a conv or pool window."""
     if g is None:
@@ -130,9 +139,9 @@ def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_
     span = dilation * (kernel - 1)
     rf = None if g.rf is None or g.stride is None else g.rf + span * g.stride
     if g.position_free:
-        return AxisGeometry(None, None, g.rf)
+        return g
     shift = (g.shift + pad_left - sympy.Rational(span, 2)) / stride
-    return AxisGeometry(g.scale / stride, shift, rf)
+    return _axis_geometry(g.scale / stride, shift, rf, receptive.conv_window(g.window, kernel, stride, pad_left, dilation))
 
 
 def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> None:
@@ -205,7 +214,8 @@ def _transposed_axis(g: Optional[AxisGeometry], k: int, s: int, p: int, d: int):
     step = s // math.gcd(d, s)
     taps = -(-k // step)
     rf = None if g.rf is None else g.rf + (taps - 1) * sympy.Rational(d, math.gcd(d, s)) * g.stride
-    return AxisGeometry(g.scale * s, g.shift * s + sympy.Rational(d * (k - 1), 2) - p, rf)
+    return _axis_geometry(g.scale * s, g.shift * s + sympy.Rational(d * (k - 1), 2) - p, rf,
+                          receptive.transposed_window(g.window, k, s, p, d))
 
 
 @rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -305,22 +315,26 @@ def _adaptive_rf(g: Optional[AxisGeometry], n, out):
     return None
 
 
-def _resampled_geometry(g: Optional[AxisGeometry], n, out, *, align_corners: bool, ratio=None, taps: int = 2):
-    """Where the pixels of a resampled axis sit (the map the resampling
-    intends; issue-level alignment audits compare it with what is sampled)."""
+def _resampled_geometry(g: Optional[AxisGeometry], n, out, *, align_corners: bool, ratio=None, taps: int = 2,
+                        window=None):
+    """Where the pixels of a resampled axis sample their source: the affine
+    map of PyTorch's source index (exact for the linear modes; for nearest
+    and adaptive cells the grid the staircase follows).  ``window`` is the
+    receptive field the caller worked out for the mode."""
     if g is None:
         return None
     rf = None if g.rf is None or g.stride is None else g.rf + (taps - 1) * g.stride
     if g.position_free:
-        return AxisGeometry(None, None, g.rf)
+        return g
     n, out = as_expr(n), as_expr(out)
     if align_corners:
         if n == 1 or out == 1:
-            return AxisGeometry(None, None, rf)
+            # every output reads source 0 (PyTorch's scale is 0 for out == 1)
+            return AxisGeometry(None, None, rf, receptive.at_index(g.window, 0))
         factor = (out - 1) / (n - 1)
-        return AxisGeometry(g.scale * factor, g.shift * factor, rf)
+        return _axis_geometry(g.scale * factor, g.shift * factor, rf, window)
     factor = as_expr(ratio) if ratio is not None else out / n
-    return AxisGeometry(g.scale * factor, (g.shift + sympy.Rational(1, 2)) * factor - sympy.Rational(1, 2), rf)
+    return _axis_geometry(g.scale * factor, (g.shift + sympy.Rational(1, 2)) * factor - sympy.Rational(1, 2), rf, window)
 
 
 def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size):
@@ -333,10 +347,12 @@ def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size):
         out = n if target is None else as_expr(target)
         sizes.append(out)
         if out == 1:
-            geometry.append(None if g is None else AxisGeometry(None, None, _adaptive_rf(g, n, 1)))
+            geometry.append(None if g is None else AxisGeometry(None, None, _adaptive_rf(g, n, 1),
+                                                                receptive.global_window(g.window, n)))
         else:
             resampled = _resampled_geometry(g, n, out, align_corners=False, taps=1)
-            geometry.append(None if resampled is None else AxisGeometry(resampled.scale, resampled.shift, _adaptive_rf(g, n, out)))
+            geometry.append(resampled if resampled is None or resampled.position_free else _axis_geometry(
+                resampled.scale, resampled.shift, _adaptive_rf(g, n, out), receptive.adaptive_window(g.window, n, out)))
     return x.with_spatial(sizes, geometry)
 
 
@@ -400,7 +416,10 @@ def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_cor
         if mode == "area":
             geometry.append(_adaptive(ctx, SymbolicTensor((n,), (0,), (g,)), 1, out).geometry[0])
         else:
-            geometry.append(_resampled_geometry(g, n, out, align_corners=bool(align_corners), ratio=ratio, taps=taps or 2))
+            window = None if g is None else receptive.sampled_window(
+                g.window, mode, bool(align_corners), n, out, None if ratio is None else 1 / ratio)
+            geometry.append(_resampled_geometry(g, n, out, align_corners=bool(align_corners), ratio=ratio, taps=taps or 2,
+                                                window=window))
     return x.with_spatial(targets, geometry)
 
 
@@ -529,15 +548,19 @@ def _merge_geometry(ga: Optional[AxisGeometry], gb: Optional[AxisGeometry]):
     """The union of two paths' receptive fields, on the first path's map."""
     if ga is None or gb is None:
         return ga if gb is None else gb
+    window = receptive.union(ga.window, gb.window)
     if ga.position_free or gb.position_free:
         free, other = (ga, gb) if ga.position_free else (gb, ga)
+        # A global branch sees the whole input: every index's field covers it.
         rf = None if free.rf is None or other.rf is None else sympy.Max(free.rf, other.rf)
-        return AxisGeometry(other.scale, other.shift, rf)
+        return AxisGeometry(other.scale, other.shift, rf, window)
+    if receptive.widest(window) is not None:
+        return _axis_geometry(ga.scale, ga.shift, None, window)
     if ga.rf is None or gb.rf is None:
-        return AxisGeometry(ga.scale, ga.shift, None)
+        return AxisGeometry(ga.scale, ga.shift, None, window)
     low = sympy.Min(ga.center - ga.rf / 2, gb.center - gb.rf / 2)
     high = sympy.Max(ga.center + ga.rf / 2, gb.center + gb.rf / 2)
-    return AxisGeometry(ga.scale, ga.shift, high - low)
+    return AxisGeometry(ga.scale, ga.shift, high - low, window)
 
 
 def elementwise(ctx, a, b):
@@ -911,6 +934,7 @@ def reduction(ctx, x, dim=None, keepdim=False, *, dtype=None):
         if a in geometry:
             spatial.append(len(shape))
             g = geometry[a]
-            new_geometry.append(g if a not in dims or g is None else AxisGeometry(None, None, _adaptive_rf(g, n, 1)))
+            new_geometry.append(g if a not in dims or g is None else AxisGeometry(
+                None, None, _adaptive_rf(g, n, 1), receptive.global_window(g.window, n)))
         shape.append(sympy.Integer(1) if a in dims else n)
     return SymbolicTensor(tuple(shape), tuple(spatial), tuple(new_geometry))

@@ -7,6 +7,7 @@ from typing import Optional
 
 import sympy
 
+from .receptive import INDEX, Window, identity_window, substitute
 from .symbolic import as_expr
 
 
@@ -19,12 +20,17 @@ class AxisGeometry:
     field size in input pixels (None where unknown).  A resampled axis has
     size-dependent (symbolic) values.  After global pooling every index sees
     the whole axis: such an axis is *position-free* (``scale`` and ``shift``
-    are None) and aligns with anything.
+    are None) and aligns with anything.  ``window`` is the exact receptive
+    field of index ``i`` as the first and last input pixel, expressions in
+    :data:`~shapecalc.receptive.INDEX` (None where unknown); ``rf`` is its
+    largest width.  After a transposed conv the window is a staircase and is
+    not centred on the pixel's coordinate (see :mod:`shapecalc.receptive`).
     """
 
     scale: Optional[sympy.Expr]
     shift: Optional[sympy.Expr]
     rf: Optional[sympy.Expr]
+    window: Optional[Window] = None
 
     @property
     def position_free(self) -> bool:
@@ -33,21 +39,22 @@ class AxisGeometry:
     @property
     def stride(self) -> Optional[sympy.Expr]:
         """Input pixels per step along this axis."""
-        return None if self.scale is None else 1 / self.scale
+        return None if self.scale is None else sympy.expand(1 / self.scale)
 
     @property
     def center(self) -> Optional[sympy.Expr]:
         """Input coordinate of the centre of index 0."""
-        return None if self.scale is None else -self.shift / self.scale
+        return None if self.scale is None else sympy.expand(-self.shift / self.scale)
 
     def shifted(self, offset) -> "AxisGeometry":
         """The map after dropping ``offset`` leading indices (a crop)."""
         if self.position_free:
             return self
-        return replace(self, shift=self.shift - as_expr(offset))
+        window = None if self.window is None else tuple(substitute(w, INDEX + as_expr(offset)) for w in self.window)
+        return replace(self, shift=self.shift - as_expr(offset), window=window)
 
 
-IDENTITY = AxisGeometry(sympy.Integer(1), sympy.Integer(0), sympy.Integer(1))
+IDENTITY = AxisGeometry(sympy.Integer(1), sympy.Integer(0), sympy.Integer(1), identity_window())
 
 
 @dataclass(frozen=True)
