@@ -454,6 +454,10 @@ def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
             ctx.require(sympy.And(sympy.Gt(n, left), sympy.Gt(n, right)), f"reflect padding must be smaller than the input ({format_expr(n)})")
         elif mode in ("replicate", "circular"):
             _nonempty(ctx, [n])
+        if mode == "circular":
+            # PyTorch: "Padding value causes wrapping around more than once"
+            for side in (left, right):
+                ctx.require(sympy.Ge(n, side), f"circular padding {format_expr(side)} must not exceed the input ({format_expr(n)})")
         shape[axis] = size
         if axis in geometry and geometry[axis] is not None:
             geometry[axis] = geometry[axis].shifted(-left)

@@ -214,6 +214,16 @@ def _compile(expr: sympy.Basic) -> Callable[[Mapping[sympy.Symbol, int]], Fracti
         return lambda env: True
     if expr is sympy.false:
         return lambda env: False
+    if isinstance(expr, sympy.Piecewise):
+        # before compiling args: a Piecewise's args are (value, condition) pairs
+        branches = [(_compile(e), _compile(c)) for e, c in expr.args]
+
+        def piecewise(env):
+            for value, condition in branches:
+                if condition(env):
+                    return value(env)
+            raise ValueError("Piecewise without a matching branch")
+        return piecewise
     children = [_compile(a) for a in expr.args]
     if expr.is_Add:
         return lambda env: sum(c(env) for c in children)
@@ -238,15 +248,6 @@ def _compile(expr: sympy.Basic) -> Callable[[Mapping[sympy.Symbol, int]], Fracti
         return lambda env: min(c(env) for c in children)
     if isinstance(expr, sympy.Max):
         return lambda env: max(c(env) for c in children)
-    if isinstance(expr, sympy.Piecewise):
-        branches = [(_compile(e), _compile(c)) for e, c in expr.args]
-
-        def piecewise(env):
-            for value, condition in branches:
-                if condition(env):
-                    return value(env)
-            raise ValueError("Piecewise without a matching branch")
-        return piecewise
     comparisons = {
         sympy.Eq: lambda a, b: a == b, sympy.Ne: lambda a, b: a != b,
         sympy.Lt: lambda a, b: a < b, sympy.Le: lambda a, b: a <= b,

@@ -1,0 +1,82 @@
+"""Random architectures: the engine's sizes AND domain against meta-device
+forward passes.  For each drawn net and each size in a sweep, torch must run
+exactly where the engine's domain says it does, with every node's shape as
+predicted.  Regression tests pin the disagreements the long fuzz run found
+(see docs/performance.md)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from shapecalc.architectures import (Architecture, LayerSpec, Step, architectures, cross_check,
+                                     random_architecture)
+
+#: CI budget: a bounded number of drawn nets (each swept over ~50 sizes)
+CI_EXAMPLES = 30
+
+
+def _layer(cls, **kwargs):
+    return LayerSpec(cls, tuple(kwargs.items()))
+
+
+def _assert_agrees(architecture, sizes=None):
+    result = cross_check(architecture, sizes)
+    assert result.engine_error is None, result.describe()
+    assert result.agrees, result.describe()
+    return result
+
+
+@settings(max_examples=CI_EXAMPLES, deadline=None)
+@given(architectures(max_steps=6))
+def test_engine_agrees_with_torch_on_random_architectures(architecture):
+    _assert_agrees(architecture)
+
+
+def test_random_architecture_is_reproducible():
+    assert random_architecture(7) == random_architecture(7)
+    assert random_architecture(7) != random_architecture(8)
+
+
+def test_random_architectures_trace_and_build():
+    for seed in range(5):
+        architecture = random_architecture(seed)
+        model = architecture.build()
+        torch.fx.symbolic_trace(model)
+        assert architecture.describe().startswith("Architecture(")
+
+
+@pytest.mark.parametrize("kwargs", [{"min_steps": 0}, {"max_steps": True}, {"min_steps": 5, "max_steps": 2},
+                                    {"dims": ()}, {"dims": (4,)}])
+def test_strategy_arguments_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        architectures(**kwargs)
+
+
+def test_sweep_checks_sizes_outside_the_domain():
+    # a 7-wide valid conv: H < 7 is invalid and torch must refuse it
+    net = Architecture(2, 1, (Step("layer", (_layer("Conv2d", in_channels=1, out_channels=1, kernel_size=7),)),))
+    result = _assert_agrees(net)
+    assert min(result.valid) == 7 and 6 in result.sizes
+
+
+# ---------------------------------------------------------------------------
+# regressions found by fuzzing
+
+
+def test_residual_add_that_only_broadcasts():
+    # x + conv(x) with a shrinking conv runs only where one side is 1 wide
+    # (broadcasting): the sizes are a Piecewise, which exact evaluation
+    # once failed to compile ("cannot evaluate ExprCondPair").
+    conv = _layer("Conv1d", in_channels=3, out_channels=3, kernel_size=3, stride=2, padding="valid", dilation=3)
+    net = Architecture(1, 3, (Step("residual", (conv,)), Step("layer", (_layer("ReplicationPad1d", padding=(0, 2)),))))
+    result = _assert_agrees(net)
+    assert result.valid  # some sizes broadcast
+
+
+def test_circular_padding_cannot_wrap_twice():
+    # torch: "Padding value causes wrapping around more than once" when a
+    # circular pad exceeds the size; the engine only asked for a non-empty input.
+    net = Architecture(2, 1, (Step("functional", options=(("function", "pad"), ("pad", (0, 3, 2, 1)),
+                                                          ("mode", "circular"))),))
+    result = _assert_agrees(net)
+    assert min(result.valid) == 3
