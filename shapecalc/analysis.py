@@ -16,8 +16,9 @@ import torch.nn as nn
 
 from ._errors import ShapecalcError, TraceError
 from .domain import Domain, PeriodicSet
-from .geometry import CropAlignment, crop_alignments
+from .geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
 from .propagate import META_KEY, SizeInterpreter
+from .resampling import ResampleAlignment, resample_alignments
 from .symbolic import format_expr
 from .tensors import IDENTITY, SymbolicTensor
 from .trace import InputSpec, parse_input_spec, spatial_dimensions_and_channels, trace_module
@@ -50,6 +51,12 @@ class Analysis:
     domain: Domain
     notes: list[str]
     graph_module: torch.fx.GraphModule = field(repr=False)
+    merges: list[MergeAlignment] = field(default_factory=list)
+    resamples: list[ResampleAlignment] = field(default_factory=list)
+    #: per input symbol, the valid sizes where every crop, merge and resample is exact
+    aligned_domain: dict[sympy.Symbol, PeriodicSet] = field(default_factory=dict)
+    #: alignment conditions that could not be decided (they leave aligned_domain an upper bound)
+    alignment_undecided: list = field(default_factory=list, repr=False)
 
     @property
     def symbols(self) -> tuple[sympy.Symbol, ...]:
@@ -69,6 +76,24 @@ class Analysis:
         if self.domain.undecided:
             parts.append("also needs " + "; ".join(
                 f"{r.reason} (node {r.node})" for r in self.domain.undecided) + " (not decided)")
+        return "; ".join(parts)
+
+    def aligned(self) -> Optional[bool]:
+        """Whether every crop, merge and resample is exact for every valid size."""
+        verdicts = [c.aligned for c in self.crops] + [m.aligned for m in self.merges]
+        verdicts += [r.aligned for r in self.resamples]
+        return False if False in verdicts else (True if all(v is True for v in verdicts) else None)
+
+    def aligned_sentence(self) -> str:
+        """Where everything lines up, as a sentence (``H = 16k + 1 from 1``)."""
+        if not self.symbols:
+            verdict = self.aligned()
+            return {True: "aligned at this size", False: "not aligned at this size",
+                    None: "alignment at this size not decided"}[verdict]
+        parts = [self.aligned_domain[s].describe(str(s)) if not self.aligned_domain[s].is_empty()
+                 else f"no valid {s}" for s in self.symbols]
+        if self.alignment_undecided:
+            parts.append("at most: some conditions were not decided")
         return "; ".join(parts)
 
     def layer(self, name: str) -> Layer:
@@ -183,7 +208,13 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
         if isinstance(value, SymbolicTensor) and value.spatial and node.op != "output":
             layers.append(Layer(node.name, _op_label(node, graph_module), _params(node, graph_module), value))
     crops = crop_alignments(graph_module, interpreter.crops, domain, input_tensor)
-    return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, interpreter.notes, graph_module)
+    merges = merge_alignments(graph_module, domain)
+    resamples = resample_alignments(graph_module, domain)
+    conditions = [c for crop in crops for c in crop_conditions(crop)]
+    conditions += [c for m in merges for c in m.conditions] + [c for r in resamples for c in r.conditions]
+    aligned_domain, undecided = aligned_sizes(domain, conditions)
+    return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, interpreter.notes, graph_module,
+                    merges=merges, resamples=resamples, aligned_domain=aligned_domain, alignment_undecided=undecided)
 
 
 def _with_context(error: ShapecalcError, model: str, spec: InputSpec) -> ShapecalcError:
