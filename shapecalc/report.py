@@ -9,7 +9,8 @@ from typing import Any, Optional
 import sympy
 
 from .analysis import Analysis, Layer
-from .geometry import CropAlignment
+from .geometry import CropAlignment, MergeAlignment, describe_sizes
+from .resampling import ResampleAlignment
 from .symbolic import format_expr
 from .tensors import AxisGeometry, SymbolicTensor
 
@@ -46,6 +47,58 @@ def crop_data(crop: CropAlignment) -> dict[str, Any]:
     }
 
 
+def merge_data(merge: MergeAlignment) -> dict[str, Any]:
+    return {
+        "name": merge.name,
+        "inputs": list(merge.inputs),
+        "aligned": merge.aligned,
+        "shift": [_expr(s) for s in merge.shift],
+        "counterexample": _counterexample_value(merge.counterexample),
+        "counterexample_input": merge.counterexample,
+        "position_free": list(merge.position_free),
+        "reason": merge.reason,
+    }
+
+
+def _sizes_data(sizes, symbol) -> dict[str, Any]:
+    return {**sizes.as_data(), "sentence": describe_sizes(sizes, str(symbol))}
+
+
+def resample_data(resample: ResampleAlignment) -> dict[str, Any]:
+    return {
+        "name": resample.name,
+        "mode": resample.mode,
+        "align_corners": resample.align_corners,
+        "reference": resample.reference,
+        "max_shift": [_expr(s) for s in resample.max_shift],
+        "aligned": resample.aligned,
+        "counterexample": _counterexample_value(resample.counterexample),
+        "counterexample_input": resample.counterexample,
+        "exact": {str(s): _sizes_data(sizes, s) for s, sizes in resample.exact.items()},
+        "reason": resample.reason,
+    }
+
+
+def aligned_domain_data(analysis: Analysis) -> dict[str, Any]:
+    """``domain.aligned``: per symbol the valid sizes where every crop, merge
+    and resample is exact, the smallest valid size where something is not,
+    and a sentence."""
+    data: dict[str, Any] = {}
+    counterexample = None
+    for s in analysis.symbols:
+        aligned = analysis.aligned_domain.get(s, analysis.domain.sets[s])
+        data[str(s)] = aligned.as_data()
+        smallest = analysis.domain.sets[s].difference(aligned).minimum()
+        if smallest is not None and counterexample is None:
+            counterexample = {str(s): smallest}
+    data["sentence"] = analysis.aligned_sentence()
+    data["all"] = analysis.aligned()
+    data["counterexample"] = _counterexample_value(counterexample)
+    data["counterexample_input"] = counterexample
+    data["undecided"] = [str(c) for c in analysis.alignment_undecided]
+    return data
+
+
 def layer_data(layer: Layer) -> dict[str, Any]:
     return {
         "name": layer.name,
@@ -66,6 +119,7 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     domain["valid"] = analysis.validity_sentence()
     domain["undecided"] = [{"node": r.node, "reason": r.reason, "condition": str(r.condition)}
                            for r in analysis.domain.undecided]
+    domain["aligned"] = aligned_domain_data(analysis)
     return {
         "version": JSON_VERSION,
         "model": analysis.model,
@@ -78,6 +132,8 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
         "outputs": {name: {"spatial": [format_expr(s) for s in t.spatial_sizes], "shape": [format_expr(s) for s in t.shape]}
                     for name, t in analysis.outputs.items()},
         "crops": [crop_data(c) for c in analysis.crops],
+        "merges": [merge_data(m) for m in analysis.merges],
+        "resamples": [resample_data(r) for r in analysis.resamples],
         "domain": domain,
         "notes": list(analysis.notes),
     }
@@ -115,12 +171,35 @@ def crop_row(crop: CropAlignment) -> list[str]:
             _axes_text(crop.required), _mark(crop.aligned), counterexample or "-"]
 
 
+MERGE_COLUMNS = ["merge", "inputs", "shift (px)", "aligned", "counterexample"]
+RESAMPLE_COLUMNS = ["resample", "mode", "align_corners", "should sit on", "max shift (px)", "aligned", "exact for",
+                    "counterexample"]
+
+
+def _counterexample_text(counterexample: Optional[dict]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (counterexample or {}).items()) or "-"
+
+
+def merge_row(merge: MergeAlignment) -> list[str]:
+    inputs = ", ".join(f"{n} (position-free)" if n in merge.position_free else n for n in merge.inputs)
+    return [merge.name, inputs, _axes_text(merge.shift), _mark(merge.aligned), _counterexample_text(merge.counterexample)]
+
+
+def resample_row(resample: ResampleAlignment) -> list[str]:
+    corners = "-" if resample.align_corners is None else str(resample.align_corners)
+    exact = "; ".join(describe_sizes(sizes, str(s)) for s, sizes in resample.exact.items()) or "-"
+    return [resample.name, resample.mode, corners, resample.reference or "own grid", _axes_text(resample.max_shift),
+            _mark(resample.aligned), exact, _counterexample_text(resample.counterexample)]
+
+
 def summary_lines(analysis: Analysis) -> list[str]:
     lines = []
     for name, tensor in analysis.outputs.items():
         label = "output" if name == "output" else f"output {name!r}"
         lines.append(f"{label}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
     lines.append(f"valid input: {analysis.validity_sentence()}")
+    if analysis.crops or analysis.merges or analysis.resamples:
+        lines.append(f"aligned input: {analysis.aligned_sentence()}")
     lines.extend(f"note: {n}" for n in analysis.notes)
     return lines
 
@@ -146,6 +225,19 @@ def render_table(analysis: Analysis):
             style = {True: "green", False: "red", None: "yellow"}[crop.aligned]
             crops.add_row(*row[:5], Text(row[5], style=style), row[6])
         parts.append(crops)
+    for title, columns, items, row_of in (("merges", MERGE_COLUMNS, analysis.merges, merge_row),
+                                          ("resamples", RESAMPLE_COLUMNS, analysis.resamples, resample_row)):
+        if not items:
+            continue
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        mark = columns.index("aligned")
+        for item in items:
+            row = row_of(item)
+            style = {True: "green", False: "red", None: "yellow"}[item.aligned]
+            table.add_row(*row[:mark], Text(row[mark], style=style), *row[mark + 1:])
+        parts.append(table)
     parts.extend(Text(line) for line in summary_lines(analysis))
     return Group(*parts)
 
@@ -163,5 +255,10 @@ def render_markdown(analysis: Analysis) -> str:
              _markdown_table(LAYER_COLUMNS, [layer_row(layer) for layer in analysis.layers])]
     if analysis.crops:
         parts += ["", "### Crops", "", _markdown_table(CROP_COLUMNS, [crop_row(c) for c in analysis.crops])]
+    if analysis.merges:
+        parts += ["", "### Merges", "", _markdown_table(MERGE_COLUMNS, [merge_row(m) for m in analysis.merges])]
+    if analysis.resamples:
+        parts += ["", "### Resamples", "",
+                  _markdown_table(RESAMPLE_COLUMNS, [resample_row(r) for r in analysis.resamples])]
     parts += ["", *[f"- {line}" for line in summary_lines(analysis)]]
     return "\n".join(parts) + "\n"
