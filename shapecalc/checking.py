@@ -11,6 +11,7 @@ a *warning* (reported, not failed).  Nothing here prints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Optional, Sequence, Union
 
 import sympy
@@ -18,7 +19,7 @@ import sympy
 from ._errors import InputSpecError, ShapecalcError, SizeError
 from .analysis import Analysis, analyze
 from .domain import DomainError, condition_set
-from .symbolic import evaluate, format_expr
+from .symbolic import as_expr, compiled, evaluate, format_expr
 from .trace import InputSpec, parse_input_spec
 
 CHECK_JSON_VERSION = 1
@@ -196,74 +197,148 @@ def _crop_findings(analysis: Analysis) -> list[Finding]:
     return findings
 
 
-def _merge_findings(analysis: Analysis) -> list[Finding]:
+def _merge_findings(analysis: Analysis, explained: set) -> list[Finding]:
+    """Merges whose inputs sit at different positions; a merge fed by a crop
+    already reported as misaligned is not reported twice."""
     findings = []
-    for merge in getattr(analysis, "merges", []):
-        inputs = list(getattr(merge, "inputs", ()))
-        shift = tuple(getattr(merge, "shift", ()) or ())
-        aligned = getattr(merge, "aligned", None)
-        if aligned is True:
+    for merge in analysis.merges:
+        if merge.aligned is True or merge.name in explained:
             continue
-        names = " and ".join(inputs) if len(inputs) <= 2 else ", ".join(inputs)
-        if aligned is False:
-            counterexample = getattr(merge, "counterexample", None) if analysis.symbols else None
-            message = (f"merges {names} shifted by {_axes(shift)} px where 0 aligns"
-                       + _suffix(counterexample, analysis, [("shift", shift)]))
+        names = " and ".join(merge.inputs) if len(merge.inputs) <= 2 else ", ".join(merge.inputs)
+        shift = tuple(merge.shift)
+        if merge.aligned is False:
+            counterexample = merge.counterexample if analysis.symbols else None
+            message = (f"merges {names} with pixel centres {_axes(shift)} px apart where 0 aligns"
+                       + _suffix(counterexample, analysis, [("apart", shift)]))
             findings.append(Finding(ERROR, "merge", merge.name, message, tuple(map(_text, shift)),
                                     tuple("0" for _ in shift), counterexample))
         else:
-            findings.append(Finding(WARNING, "merge", merge.name,
-                                    f"alignment of {names} could not be decided", tuple(map(_text, shift))))
+            why = merge.reason or "it could not be decided for every valid size"
+            findings.append(Finding(WARNING, "merge", merge.name, f"alignment of {names} not checked: {why}",
+                                    tuple(map(_text, shift))))
     return findings
 
 
-def _exceeds(shift, limit: float, analysis: Analysis) -> tuple[Optional[bool], Optional[dict]]:
-    """Whether ``|shift| > limit`` for some valid size, and the smallest such size."""
+#: symbolic shifts the exact procedure cannot bound are evaluated at every valid size up to this
+SCAN_LIMIT = 1024
+
+
+def _pixels(value) -> str:
+    value = Fraction(value) if not isinstance(value, Fraction) else value
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):.4g}"
+
+
+def _shift_evaluator(shift):
+    # exact evaluation knows Max but not Abs: |e| = Max(e, -e)
+    return compiled(shift.replace(sympy.Abs, lambda e: sympy.Max(e, -e, evaluate=False)))
+
+
+def shift_value(shift, env: dict) -> Optional[Fraction]:
+    """The exact ``|shift|`` (input pixels) at sizes ``env`` (symbol -> int);
+    None where it cannot be evaluated."""
     if shift is None:
-        return None, None
-    if not (isinstance(shift, sympy.Basic) and shift.free_symbols):
-        return abs(float(shift)) > limit, None
-    bound = sympy.Rational(str(limit))
-    magnitude = shift.args[0] if isinstance(shift, sympy.Abs) else shift
-    within = sympy.And(sympy.Le(magnitude, bound), sympy.Ge(magnitude, -bound))
-    symbols = sorted(within.free_symbols, key=str)
-    if len(symbols) != 1 or analysis.domain.undecided:
-        return None, None
-    (symbol,) = symbols
+        return None
     try:
-        failing = analysis.domain.sets[symbol].difference(condition_set(within, symbol))
-    except DomainError:
-        return None, None
-    smallest = failing.minimum()
-    return (smallest is not None), (None if smallest is None else {str(symbol): smallest})
+        return abs(Fraction(_shift_evaluator(as_expr(shift))(env)))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def format_pixels(value) -> str:
+    """``7.5``, ``15``, ``7.111``: exact integers, else four significant digits."""
+    return _pixels(value)
+
+
+@dataclass(frozen=True)
+class _ShiftScan:
+    worst: Fraction             # largest |shift| seen
+    worst_at: Optional[dict]    # where it was first seen (None: concrete input)
+    over_at: Optional[dict]     # smallest size where |shift| > limit (None: none seen)
+    over: Fraction              # |shift| there
+    complete: bool              # every valid size was looked at (or decided exactly)
+
+
+def _scan_shift(shift, limit: Optional[float], analysis: Analysis) -> Optional[_ShiftScan]:
+    """Exact values of ``|shift|`` at the valid sizes (all of them for a
+    concrete input, those up to :data:`SCAN_LIMIT` otherwise)."""
+    if shift is None:
+        return None
+    shift = as_expr(shift)
+    if not shift.free_symbols:
+        value = abs(Fraction(evaluate(shift.replace(sympy.Abs, lambda e: sympy.Max(e, -e)), {})))
+        return _ShiftScan(value, None, {} if limit is not None and value > limit else None, value, True)
+    symbols = sorted(shift.free_symbols, key=str)
+    if len(symbols) != 1 or symbols[0] not in analysis.domain.sets:
+        return None
+    (symbol,) = symbols
+    valid = analysis.domain.sets[symbol]
+    try:
+        evaluate_at = _shift_evaluator(shift)
+    except TypeError:
+        return None
+    worst, worst_at, over_at, over = Fraction(0), None, None, Fraction(0)
+    for n in range(1, SCAN_LIMIT + 1):
+        if n not in valid:
+            continue
+        value = abs(Fraction(evaluate_at({symbol: n})))
+        if worst_at is None or value > worst:
+            worst, worst_at = value, {str(symbol): n}
+        if over_at is None and limit is not None and value > limit:
+            over_at, over = {str(symbol): n}, value
+    if worst_at is None:
+        return None
+    complete = over_at is not None or limit is None or _proved_within(shift, limit, symbol, analysis)
+    return _ShiftScan(worst, worst_at, over_at, over, complete)
+
+
+def _proved_within(shift, limit: float, symbol, analysis: Analysis) -> bool:
+    """Whether ``|shift| <= limit`` for every valid size, decided exactly."""
+    bound = sympy.Rational(str(limit))
+    shift = shift.replace(sympy.Abs, lambda e: sympy.Max(e, -e, evaluate=False))
+    condition = sympy.And(sympy.Le(shift, bound), sympy.Ge(shift, -bound))
+    if analysis.domain.undecided:
+        return False
+    try:
+        return analysis.domain.sets[symbol].difference(condition_set(condition, symbol)).is_empty()
+    except (DomainError, TypeError, ValueError):
+        return False
 
 
 def _resample_findings(analysis: Analysis, max_shift: Optional[float]) -> list[Finding]:
     findings = []
-    for resample in getattr(analysis, "resamples", []):
-        shifts = tuple(getattr(resample, "max_shift", ()) or ())
-        aligned = getattr(resample, "aligned", None)
-        if aligned is True or (shifts and all(_is_zero(s) for s in shifts)):
+    for resample in analysis.resamples:
+        shifts = tuple(resample.max_shift)
+        if resample.aligned is True or (shifts and all(_is_zero(s) for s in shifts)):
             continue
-        mode = getattr(resample, "mode", "resample")
-        corners = getattr(resample, "align_corners", None)
-        what = f"{mode}{' (align_corners=True)' if corners else ''}"
-        counterexample = getattr(resample, "counterexample", None) if analysis.symbols else None
+        what = f"{resample.mode}{' (align_corners=True)' if resample.align_corners else ''} resample"
+        scans = [_scan_shift(s, max_shift, analysis) for s in shifts]
+        actual = tuple(map(_text, shifts))
+        if any(scan is None for scan in scans):
+            counterexample = resample.counterexample if analysis.symbols else None
+            message = (f"{what} shifts pixels by up to {_axes(shifts)} px"
+                       + _suffix(counterexample, analysis, [("shift", shifts)]))
+            findings.append(Finding(WARNING, "resample", resample.name, message, actual, (), counterexample))
+            continue
+        over = [scan for scan in scans if scan.over_at is not None]
+        if max_shift is not None and over:
+            scan = min(over, key=lambda sc: sorted(sc.over_at.values()))
+            where = _where(scan.over_at, analysis)
+            message = (f"{what} shifts pixels by {_pixels(scan.over)} px where at most {max_shift:g} is allowed "
+                       f"({where})")
+            findings.append(Finding(ERROR, "resample", resample.name, message, actual,
+                                    tuple(f"{max_shift:g}" for _ in shifts), scan.over_at or None))
+            continue
+        if max_shift is not None and all(scan.complete for scan in scans):
+            continue
+        scan = max(scans, key=lambda sc: sc.worst)
+        where = _where(scan.worst_at, analysis)
+        message = f"{what} shifts pixels by {_pixels(scan.worst)} px ({where})"
         if max_shift is not None:
-            verdicts = [_exceeds(s, max_shift, analysis) for s in shifts]
-            if verdicts and all(v is False for v, _ in verdicts):
-                continue
-            if any(v for v, _ in verdicts):
-                counterexample = next(c for v, c in verdicts if v) or counterexample
-                message = (f"{what} resample shifts pixels by up to {_axes(shifts)} px where at most {max_shift:g} "
-                           "is allowed" + _suffix(counterexample, analysis, [("shift", shifts)]))
-                findings.append(Finding(ERROR, "resample", resample.name, message, tuple(map(_text, shifts)),
-                                        tuple(f"{max_shift:g}" for _ in shifts), counterexample))
-                continue
-        message = (f"{what} resample shifts pixels by up to {_axes(shifts)} px"
-                   + _suffix(counterexample, analysis, [("shift", shifts)]))
-        findings.append(Finding(WARNING, "resample", resample.name, message, tuple(map(_text, shifts)), (),
-                                counterexample))
+            message += (f"; within {max_shift:g} px for every valid size up to {SCAN_LIMIT}, "
+                        "not decided beyond")
+        elif analysis.symbols:
+            message += f", the most at any valid size up to {SCAN_LIMIT}"
+        findings.append(Finding(WARNING, "resample", resample.name, message, actual, (), scan.worst_at))
     return findings
 
 
@@ -304,10 +379,9 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
         counterexample, bad = None, False
         for size, want in zip(sizes, wanted):
             condition = sympy.Eq(size, want)
-            if not condition.free_symbols:
-                bad = bad or condition is sympy.false
+            if condition is sympy.true:
                 continue
-            verdict = analysis.domain.always(condition)
+            verdict = False if condition is sympy.false else analysis.domain.always(condition)
             if verdict is not True:
                 bad = True
                 counterexample = counterexample or analysis.domain.first_failure(condition)
@@ -382,10 +456,11 @@ def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = No
     shifts are warnings), and some input size for which the network runs."""
     expected = _parse_expected(expect_output)
     limit = _parse_max_shift(max_shift)
-    findings = _domain_findings(analysis) + _crop_findings(analysis) + _merge_findings(analysis)
+    crops = _crop_findings(analysis)
+    explained = {crop.merge for crop in analysis.crops if crop.aligned is False and crop.merge}
+    findings = _domain_findings(analysis) + crops + _merge_findings(analysis, explained)
     findings += _resample_findings(analysis, limit)
-    checked = {"crop": len(analysis.crops), "merge": len(getattr(analysis, "merges", [])),
-               "resample": len(getattr(analysis, "resamples", []))}
+    checked = {"crop": len(analysis.crops), "merge": len(analysis.merges), "resample": len(analysis.resamples)}
     if expected is not None:
         findings += _output_findings(analysis, expected)
         checked["output"] = len(analysis.outputs)

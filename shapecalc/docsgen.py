@@ -159,7 +159,14 @@ def _counterexample(counterexample: Optional[dict]) -> str:
     return ", ".join(f"{k}={v}" for k, v in (counterexample or {}).items()) or "-"
 
 
-def _alignment_sections(analysis: Analysis) -> list[str]:
+def _shifts(shifts, env: dict) -> str:
+    from .checking import format_pixels, shift_value
+
+    values = [shift_value(v, env) for v in shifts]
+    return "?" if any(v is None for v in values) else _axes([format_pixels(v) for v in values])
+
+
+def _alignment_sections(analysis: Analysis, environments: list[dict]) -> list[str]:
     parts: list[str] = []
     parts += ["## Crops", ""]
     if analysis.crops:
@@ -171,30 +178,33 @@ def _alignment_sections(analysis: Analysis) -> list[str]:
                           "counterexample"], rows)]
     else:
         parts += ["No crops."]
-    merges = list(getattr(analysis, "merges", []))
+    merges = analysis.merges
     parts += ["", "## Merges", ""]
     if merges:
-        rows = [[f"`{m.name}`", ", ".join(f"`{i}`" for i in getattr(m, "inputs", ())),
-                 _code(_axes(getattr(m, "shift", ()) or ())), _mark(getattr(m, "aligned", None)),
-                 _counterexample(getattr(m, "counterexample", None))] for m in merges]
+        rows = [[f"`{m.name}`", ", ".join(f"`{i}`" for i in m.inputs), _code(_axes(m.shift)), _mark(m.aligned),
+                 _counterexample(m.counterexample)] for m in merges]
         parts += ["Tensors combined position by position, and how far apart (in input pixels) their pixel "
                   "centres are.", "", _table(["merge", "inputs", "shift (px)", "aligned", "counterexample"], rows)]
     else:
         parts += ["No merges of positioned tensors."]
-    resamples = list(getattr(analysis, "resamples", []))
+    resamples = analysis.resamples
     if resamples:
-        rows = [[f"`{r.name}`", str(getattr(r, "mode", "")), str(getattr(r, "align_corners", "")),
-                 _code(_axes(getattr(r, "max_shift", ()) or ())), _mark(getattr(r, "aligned", None)),
-                 _counterexample(getattr(r, "counterexample", None))] for r in resamples]
+        rows = [[f"`{r.name}`", r.mode, "-" if r.align_corners is None else str(r.align_corners),
+                 r.reference or "-", _code(_axes(r.max_shift)), *[_shifts(r.max_shift, e) for e in environments],
+                 _mark(r.aligned), _counterexample(r.counterexample)]
+                for r in resamples]
         parts += ["", "## Resampling", "",
-                  "Interpolations, and the largest distance (in input pixels) between where an output pixel "
-                  "samples and where it sits.", "",
-                  _table(["resample", "mode", "align_corners", "max shift (px)", "aligned", "counterexample"], rows)]
+                  "Interpolations and adaptive pools, and the largest distance (in input pixels) between where an "
+                  "output pixel samples its source and where it sits on the grid of the tensor it is matched "
+                  "against.", "",
+                  _table(["resample", "mode", "align_corners", "against", "max shift (px)",
+                          *[_env_label(e) for e in environments], "aligned", "counterexample"], rows)]
     return parts
 
 
 def _domain_section(analysis: Analysis) -> list[str]:
-    parts = ["## Valid input sizes", "", f"The forward pass runs for {analysis.validity_sentence()}."]
+    parts = ["## Valid input sizes", "", f"The forward pass runs for {analysis.validity_sentence()}.", "",
+             f"Every crop, merge and resample is exact for: {analysis.aligned_sentence()}."]
     for symbol in analysis.symbols:
         valid = analysis.domain.sets[symbol]
         if valid.period > 1:
@@ -285,11 +295,12 @@ def render_page(analysis: Analysis, sizes: Optional[Sequence[int]] = None) -> st
     parts = [_HEADER, "", f"# {analysis.model}: spatial sizes", "",
              f"- input: {input_text} (`--input {analysis.input.text}`)",
              f"- output: {outputs}",
-             f"- valid input: {analysis.validity_sentence()}"]
+             f"- valid input: {analysis.validity_sentence()}",
+             f"- exactly aligned for: {analysis.aligned_sentence()}"]
     if environments:
         parts.append(f"- values shown at: {'; '.join(_env_label(e) for e in environments)}")
     parts += [f"- note: {n}" for n in analysis.notes]
-    parts += ["", *_layers_section(analysis, environments), "", *_alignment_sections(analysis), "",
+    parts += ["", *_layers_section(analysis, environments), "", *_alignment_sections(analysis, environments), "",
               *_domain_section(analysis), "", *_mermaid_section(analysis)]
     return "\n".join(parts) + "\n"
 

@@ -48,6 +48,7 @@ def _model(model: ModelLike, name: Optional[str]) -> tuple[nn.Module, str]:
 
 
 def _fail(headline: str, report: CheckReport, kinds: Optional[set] = None) -> None:
+    __tracebackhide__ = True  # pytest shows the caller's line, then the message
     errors = [f for f in report.errors if kinds is None or f.kind in kinds]
     if errors:
         lines = [headline] + [f"  {f.line}" for f in errors] + [f"  valid input: {report.valid}"]
@@ -60,6 +61,7 @@ def assert_aligned(model: ModelLike, input: str = "H", *, max_shift: Optional[fl
     input size (or the concrete ``input``), and the network runs for some
     size.  With ``max_shift``, no resample may shift pixels by more than that
     many input pixels.  Returns the report (warnings included)."""
+    __tracebackhide__ = True
     module, label = _model(model, name)
     report = check_model(module, input, max_shift=max_shift, channels=channels, name=label)
     _fail(f"{label} is not aligned for input {report.input}:", report)
@@ -71,6 +73,7 @@ def assert_output_size(model: ModelLike, input: str = "H", expected: str = "H", 
     """The output of ``model`` has spatial size ``expected`` (a spec in the
     symbols of ``input``: ``"H"``, ``"HxW"``, ``"512"``) for every valid
     input size."""
+    __tracebackhide__ = True
     module, label = _model(model, name)
     report = check_model(module, input, expect_output=expected, channels=channels, name=label)
     _fail(f"{label} does not give output {expected} for input {report.input}:", report, {"output", "size", "domain"})
@@ -89,6 +92,7 @@ def assert_valid_for(model: ModelLike, sizes: Iterable[Union[int, Sequence[int]]
     """The forward pass of ``model`` runs at every size in ``sizes``: an int
     is a square (cubic) input, a tuple gives one size per spatial axis.  The
     message names, for each size that fails, the node and what it needs."""
+    __tracebackhide__ = True
     module, label = _model(model, name)
     wanted = [_size_tuple(s, i) for i, s in enumerate(sizes)]
     if not wanted:
