@@ -336,6 +336,23 @@ def generate(models: Optional[Sequence[str]] = None, input: str = "H", *,
     return pages
 
 
+def _changes(old: str, new: str, *, regions: int = 4) -> list[str]:
+    """The first changed regions, each as its first old and new line."""
+    before, after = old.splitlines(), new.splitlines()
+    changed = [op for op in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes()
+               if op[0] != "equal"]
+    lines = []
+    for _, i1, i2, j1, j2 in changed[:regions]:
+        lines.append(f"line {i1 + 1}:")
+        lines += [f"-  {before[i1]}"] if i2 > i1 else []
+        lines += [f"+  {after[j1]}"] if j2 > j1 else []
+        if i2 - i1 > 1 or j2 - j1 > 1:
+            lines.append(f"   ({max(i2 - i1, j2 - j1)} lines in this region)")
+    if len(changed) > regions:
+        lines.append(f"... and {len(changed) - regions} more changed regions")
+    return lines
+
+
 def regenerate_command(models: Sequence[str], out, input: str = "H", sizes: Optional[str] = None) -> str:
     parts = ["shapecalc docs", *models, "--out", str(out)]
     parts += [] if input == "H" else ["--input", input]
@@ -368,11 +385,8 @@ def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool 
         current = path.read_text(encoding="utf-8")
         if current == page.text:
             continue
-        diff = list(difflib.unified_diff(current.splitlines(), page.text.splitlines(), f"{path} (committed)",
-                                         f"{path} (from the code now)", n=0, lineterm=""))
-        shown = diff[:12] + ([f"... ({len(diff) - 12} more diff lines)"] if len(diff) > 12 else [])
         problems.append(f"{path} is stale: it differs from what shapecalc gives now\n"
-                        + "\n".join(f"    {line}" for line in shown))
+                        + "\n".join(f"    {line}" for line in _changes(current, page.text)))
     if complete:
         names = {p.filename for p in pages}
         for path in sorted(folder.glob("*.md")):
