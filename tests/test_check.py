@@ -274,3 +274,55 @@ def test_check_validates_arguments(kwargs):
 
     with pytest.raises(ShapecalcError):
         check_model("fcn8s", "H", **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# resampling shifts
+
+
+def test_resample_shift_is_a_warning_by_default(capsys):
+    code, out, _ = run(capsys, "check", "deeplabv3", "--input", "H", "--expect-output", "H")
+    assert code == 0, out
+    assert out.splitlines()[0] == ("warning: interpolate_1: bilinear resample shifts pixels by 7.5 px (H=16), "
+                                   "the most at any valid size up to 1024")
+    assert "1 warning" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, code, first", [
+    (["--input", "512", "--max-shift", "7"], 1,
+     "error: interpolate_1: bilinear resample shifts pixels by 7.5 px where at most 7 is allowed (at 512)"),
+    (["--input", "512", "--max-shift", "7.5"], 0, "ok: deeplabv3 --input 512: 0 errors, 0 warnings"),
+    (["--input", "512", "--arg", "align_corners=true", "--max-shift", "1"], 1,
+     "error: interpolate_1: bilinear (align_corners=True) resample shifts pixels by 15 px where at most 1 is "
+     "allowed (at 512)"),
+    (["--input", "513", "--arg", "align_corners=true", "--max-shift", "0"], 0,
+     "ok: deeplabv3 --input 513: 0 errors, 0 warnings"),
+    (["--input", "H", "--arg", "align_corners=true", "--max-shift", "14"], 1,
+     "error: interpolate_1: bilinear (align_corners=True) resample shifts pixels by 15 px where at most 14 is "
+     "allowed (H=16)"),
+])
+def test_max_shift(capsys, argv, code, first):
+    got, out, err = run(capsys, "check", "deeplabv3", *argv)
+    assert got == code, out + err
+    assert out.splitlines()[0].startswith(first)
+
+
+def test_resample_shifts_match_torch():
+    """Feature j of DeepLab's classifier sits at input 16j (stride 16, centre
+    0); upsampling a ramp of those positions with torch gives, at each output
+    pixel, the input position it samples."""
+    import torch.nn.functional as F
+
+    analysis = analyze(load_model("deeplabv3"), "512")
+    geometry = analysis.layer("classifier").tensor.geometry[0]
+    assert (geometry.stride, geometry.center) == (16, 0)
+    positions = 16 * torch.arange(32, dtype=torch.float64).view(1, 1, 32)
+    pixels = torch.arange(512, dtype=torch.float64)
+    sampled = F.interpolate(positions, size=512, mode="linear", align_corners=False)[0, 0]
+    # away from the edges (where torch clamps to the border pixel) every pixel is 7.5 px off
+    assert torch.allclose((sampled - pixels)[8:-8], torch.full((496,), -7.5, dtype=torch.float64))
+    sampled = F.interpolate(positions, size=512, mode="linear", align_corners=True)[0, 0]
+    assert float((sampled - pixels).abs().max()) == 15.0
+    positions = 16 * torch.arange(33, dtype=torch.float64).view(1, 1, 33)
+    sampled = F.interpolate(positions, size=513, mode="linear", align_corners=True)[0, 0]
+    assert torch.allclose(sampled, torch.arange(513, dtype=torch.float64))
