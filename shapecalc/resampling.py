@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .domain import Domain
 from .geometry import _downstream_merge, _tensor_inputs, aligned_sizes, decide, largest, magnitude, zero_condition
 from .propagate import META_KEY
+from .receptive import INDEX
 from .symbolic import as_expr, ceildiv, floordiv
 from .tensors import IDENTITY, AxisGeometry, SymbolicTensor
 
@@ -75,6 +76,9 @@ class ResampleAlignment:
     counterexample: Optional[dict]
     exact: dict = field(default_factory=dict)   # symbol -> PeriodicSet of valid sizes where it is exact
     reason: str = ""
+    #: per spatial axis, the signed shift of output pixel ``i`` (an expression in
+    #: :data:`~shapecalc.receptive.INDEX`; sampled minus should-sit), None where unknown
+    pixel_shift: tuple = field(default=(), repr=False, compare=False)
     conditions: tuple = field(default=(), repr=False, compare=False)
 
 
@@ -188,7 +192,7 @@ def _audit(node, call: _Call, source: SymbolicTensor, value: SymbolicTensor, gra
     reference_name, references = _reference(node, call, value, graph_module)
     source_geometry = _by_right(source)
     source_sizes = {source.ndim - a: n for a, n in zip(source.spatial, source.spatial_sizes)}
-    shifts, conditions, reasons = [], [], []
+    shifts, conditions, reasons, pixel_shifts = [], [], [], []
     undecided = False
     for k, (a, out) in enumerate(zip(value.spatial, value.spatial_sizes)):
         axis = value.ndim - a
@@ -196,15 +200,19 @@ def _audit(node, call: _Call, source: SymbolicTensor, value: SymbolicTensor, gra
         produced = value.geometry[k]
         if g is not None and g.position_free or produced is not None and produced.position_free:
             shifts.append(sympy.Integer(0))  # no position to get wrong
+            pixel_shifts.append(sympy.Integer(0))
             continue
         if g is None or n is None:
             shifts.append(None)
+            pixel_shifts.append(None)
             undecided = True
             reasons.append("the source's coordinate map is unknown")
             continue
         factor = None if call.scale_factors is None else call.scale_factors[k]
-        shift, axis_conditions, reason = _axis_shift(call, g, as_expr(n), as_expr(out), factor, references[k], domain)
+        shift, axis_conditions, reason, pixel_shift = _axis_shift(call, g, as_expr(n), as_expr(out), factor,
+                                                                  references[k], domain)
         shifts.append(shift)
+        pixel_shifts.append(pixel_shift)
         if axis_conditions is None:
             undecided = True
             reasons.append(reason)
@@ -220,11 +228,12 @@ def _audit(node, call: _Call, source: SymbolicTensor, value: SymbolicTensor, gra
     counterexample = min(failures, key=lambda f: tuple(f.values())) if failures else None
     exact_sets = {} if undecided else {s: exact[s] for s in domain.symbols}
     return ResampleAlignment(node.name, call.mode, call.align_corners, reference_name, tuple(shifts), aligned,
-                             counterexample, exact_sets, "; ".join(dict.fromkeys(reasons)), tuple(conditions))
+                             counterexample, exact_sets, "; ".join(dict.fromkeys(reasons)), tuple(pixel_shifts),
+                             tuple(conditions))
 
 
 def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optional[AxisGeometry], domain: Domain):
-    """(largest shift, conditions for exactness, reason when undecided)."""
+    """(largest shift, conditions for exactness, reason when undecided, shift of pixel INDEX)."""
     mode = call.mode
     ratio = sympy.Integer(1) / as_expr(factor) if factor is not None else n / out  # source pixels per output pixel
 
@@ -251,6 +260,7 @@ def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optiona
     def shift_at(u):
         return sympy.expand(sampled(u) - should_sit(u))
 
+    pixel_shift = shift_at(INDEX)
     if mode in LINEAR_MODES:
         # affine in u: the extremes are the first and the last pixel
         candidates = [shift_at(sympy.Integer(0)), shift_at(out - 1)]
@@ -259,18 +269,18 @@ def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optiona
     else:
         ratio = sympy.expand(ratio)
         if not ratio.is_Rational:
-            return None, None, f"{mode} sampling with a size-dependent ratio ({ratio}) is not decided"
+            return None, None, f"{mode} sampling with a size-dependent ratio ({ratio}) is not decided", pixel_shift
         u = sympy.Symbol("u", integer=True)
         period = int(ratio.q)
         drift = sympy.expand(shift_at(u + period) - shift_at(u))
         drift_condition = zero_condition(drift, domain)
         if drift_condition is not sympy.true:
-            return None, None, f"{mode} sampling drifts against its reference grid"
+            return None, None, f"{mode} sampling drifts against its reference grid", pixel_shift
         candidates = [shift_at(sympy.Integer(t)) for t in range(period)]
     conditions = [zero_condition(c, domain) for c in candidates]
     if any(c is None for c in conditions):
-        return largest([magnitude(c, domain) for c in candidates], domain), None, "exactness could not be decided"
-    return largest([magnitude(c, domain) for c in candidates], domain), conditions, ""
+        return largest([magnitude(c, domain) for c in candidates], domain), None, "exactness could not be decided", pixel_shift
+    return largest([magnitude(c, domain) for c in candidates], domain), conditions, "", pixel_shift
 
 
 def _floor(value):
