@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    # A factory's or torch's own message may span lines; stderr gets one.
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.handler(args)
     except ShapecalcError as error:
-        print(f"shapecalc {args.command}: error: {error}", file=sys.stderr)
+        print(f"shapecalc {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("shapecalc: interrupted", file=sys.stderr)
@@ -281,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # a bug: one line unless asked for the traceback
         if os.environ.get("SHAPECALC_DEBUG"):
             raise
-        print(f"shapecalc {args.command}: internal error: {type(error).__name__}: {error} "
+        print(f"shapecalc {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
               "(set SHAPECALC_DEBUG=1 for a traceback)", file=sys.stderr)
         return 3
 

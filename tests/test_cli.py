@@ -1,0 +1,441 @@
+"""``shapecalc trace`` from the command line: every format, every MODEL and
+SPEC form, and every kind of bad input.
+
+Most tests call :func:`shapecalc.cli.main` in-process; a few run
+``python -m shapecalc`` in a subprocess to see exactly what a shell sees.
+Sizes printed for concrete inputs are compared with meta-device forward
+passes, not with the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+import torch
+import torch.fx
+
+from shapecalc import load_model
+from shapecalc.cli import main
+
+MODELS = ["fcn8s", "deeplabv3"]
+SPECS = {  # --input -> the input sizes the JSON reports
+    "H": ["H", "H"],
+    "HxW": ["H", "W"],
+    "512": ["512", "512"],
+    "512x384": ["512", "384"],
+    "Hx384": ["H", "384"],
+}
+FORMATS = ["table", "markdown", "json"]
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """``shapecalc ARGV`` in-process: (exit status, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse: --help and usage errors
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), f"expected one line on stderr, got {err!r}"
+    assert "error" in lines[0]
+    return lines[0]
+
+
+def meta_shapes(model_spec: str, height: int, width: int, kwargs=None) -> dict[str, tuple[int, ...]]:
+    """Every tensor node's shape, from a full-width forward pass on meta."""
+    graph_module = torch.fx.symbolic_trace(load_model(model_spec, kwargs or {}))
+    shapes = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            value = super().run_node(n)
+            if n.op != "output" and isinstance(value, torch.Tensor):
+                shapes[n.name] = tuple(value.shape)
+            return value
+
+    with torch.no_grad():
+        Recorder(graph_module).run(torch.empty(1, 3, height, width, device="meta"))
+    return shapes
+
+
+# ---------------------------------------------------------------------------
+# formats x models x input specs
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("model", MODELS)
+def test_json(model, spec, capsys):
+    code, out, err = run(["trace", model, "--input", spec, "--format", "json"], capsys)
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["model"] == model
+    assert data["input"]["spatial"] == SPECS[spec]
+    assert data["outputs"]["output"]["spatial"] == SPECS[spec]
+    assert data["layers"][0] == {**data["layers"][0], "name": "x", "spatial": SPECS[spec]}
+    if model == "fcn8s":
+        assert [(c["offset"], c["required"], c["aligned"]) for c in data["crops"]] == [
+            ([str(c)] * 2, [str(c)] * 2, True) for c in (5, 9, 31)]
+    else:
+        assert data["crops"] == []
+    if spec.isdigit() or "x" in spec and all(p.isdigit() for p in spec.split("x")):
+        # concrete: every size is a number, and it is the number torch gives
+        height, width = map(int, SPECS[spec])
+        shapes = meta_shapes(model, height, width)
+        assert {layer["name"]: [int(s) for s in layer["spatial"]] for layer in data["layers"]} == {
+            name: list(shape[2:]) for name, shape in shapes.items()}
+        assert data["domain"]["valid"] == "runs at this size"
+    else:
+        symbols = sorted({s for s in SPECS[spec] if not s.isdigit()})
+        assert sorted(k for k, v in data["domain"].items() if isinstance(v, dict) and "period" in v) == symbols
+        assert data["domain"]["valid"] == "; ".join(f"every {s} >= 1" for s in symbols)
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("model", MODELS)
+def test_table(model, spec, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich folds long names in narrow terminals
+    code, out, err = run(["trace", model, "--input", spec], capsys)
+    assert (code, err) == (0, "")
+    assert model in out
+    for word in ("layer", "op", "size", "valid input"):
+        assert word in out
+    assert ("pool5" if model == "fcn8s" else "aspp_project_0") in out
+    if model == "fcn8s":
+        crop_rows = [line for line in out.splitlines() if line.startswith("│ getitem_") and "✓" in line]
+        assert [row.split("│")[1].strip() for row in crop_rows] == ["getitem_2", "getitem_5", "getitem_8"]
+    height, width = SPECS[spec]
+    assert f"input {height} x {width}" in out
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("model", MODELS)
+def test_markdown(model, spec, capsys):
+    code, out, err = run(["trace", model, "--input", spec, "--format", "markdown"], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"## {model}")
+    header = next(i for i, line in enumerate(lines) if line.startswith("| layer |"))
+    assert set(lines[header + 1]) <= set("|-: ")
+    rows = [line for line in lines if line.startswith("| ") and line.endswith(" |")]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert ("pool5" if model == "fcn8s" else "aspp_project_0") in names
+    assert any(line.startswith("- ") and "valid" in line for line in lines)
+    if model == "fcn8s":
+        assert "### Crops" in out
+        crop_rows = [row for row in rows if row.split("|")[1].strip() in ("getitem_2", "getitem_5", "getitem_8")
+                     and "✓" in row]
+        assert len(crop_rows) == 3
+
+
+def test_table_is_the_default_format(capsys):
+    default = run(["trace", "fcn8s", "--input", "H"], capsys)
+    table = run(["trace", "fcn8s", "--input", "H", "--format", "table"], capsys)
+    assert default == table and default[0] == 0
+
+
+# ---------------------------------------------------------------------------
+# --arg and --channels
+
+
+def test_arg_passes_keyword_arguments(capsys):
+    code, out, _ = run(["trace", "deeplabv3", "--arg", "backbone=resnet34", "--arg", "output_stride=8",
+                        "--arg", "n_class=5", "--input", "H", "--format", "json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    names = [layer["name"] for layer in data["layers"]]
+    assert "backbone_layer3_5_conv1" in names and "backbone_layer3_6_conv1" not in names  # resnet34: 6 blocks
+    aspp_input = names[names.index("aspp_b0_0") - 1]
+    assert next(layer for layer in data["layers"] if layer["name"] == aspp_input)["spatial"] == ["ceiling(H/8)"] * 2
+    assert data["outputs"]["output"]["shape"] == ["1", "5", "H", "H"]
+
+
+def test_arg_values_are_typed_without_eval(capsys):
+    code, out, _ = run(["trace", "fcn8s", "--arg", "n_class=3", "--arg", "width=0.25", "--input", "64",
+                        "--format", "json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["outputs"]["output"]["shape"] == ["1", "3", "64", "64"]
+    conv = next(layer for layer in data["layers"] if layer["name"] == "conv1_1")
+    assert conv["spatial"] == ["262", "262"]
+
+
+def test_channels_sets_the_input_channels(tmp_path, capsys):
+    path = tmp_path / "relu_first.py"
+    path.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def net():
+            # nothing before the conv says how many channels come in
+            return nn.Sequential(nn.ReLU(), nn.Conv2d(5, 2, 3, padding=1))
+    """))
+    code, out, _ = run(["trace", f"{path}:net", "--input", "H", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["input"]["channels"] == 5
+    code, out, _ = run(["trace", f"{path}:net", "--input", "H", "--channels", "5", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["input"]["channels"] == 5
+    assert json.loads(out)["layers"][0]["op"] == "input"
+
+
+def test_channels_that_the_model_cannot_take(capsys):
+    code, out, err = run(["trace", "fcn8s", "--input", "H", "--channels", "5"], capsys)
+    assert code == 1 and out == ""
+    line = assert_one_error_line(err)
+    assert "conv1_1" in line and "3 input channels" in line
+
+
+# ---------------------------------------------------------------------------
+# MODEL forms outside the bundle
+
+NET_SOURCE = textwrap.dedent("""
+    import torch.nn as nn
+
+    class SmallNet(nn.Module):
+        def __init__(self, stride=2):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=stride, padding=1)
+            self.pool = nn.MaxPool2d(2, ceil_mode=True)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    def make(stride=2):
+        return SmallNet(stride=stride)
+
+    def raising():
+        raise RuntimeError("the factory failed\\nwith a second line")
+
+    def not_a_module():
+        return 42
+""")
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    name = f"shapecalc_cli_test_{uuid.uuid4().hex[:8]}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "nets.py").write_text(NET_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return f"{name}.nets"
+
+
+@pytest.fixture
+def net_file(tmp_path):
+    path = tmp_path / "models" / "net.py"
+    path.parent.mkdir()
+    path.write_text(NET_SOURCE)
+    return path
+
+
+def test_package_module_factory(package, capsys):
+    code, out, _ = run(["trace", f"{package}:make", "--input", "H", "--format", "json"], capsys)
+    assert code == 0
+    assert json.loads(out)["outputs"]["output"]["spatial"] == ["ceiling(H/4)"] * 2
+
+
+def test_package_module_class_with_arg(package, capsys):
+    code, out, _ = run(["trace", f"{package}:SmallNet", "--arg", "stride=1", "--input", "Hx9", "--format", "json"],
+                       capsys)
+    assert code == 0
+    assert json.loads(out)["outputs"]["output"]["spatial"] == ["ceiling(H/2)", "5"]
+
+
+def test_file_factory(net_file, capsys):
+    code, out, _ = run(["trace", f"{net_file}:make", "--input", "HxW", "--format", "json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["model"] == f"{net_file}:make"
+    assert data["outputs"]["output"]["spatial"] == ["ceiling(H/4)", "ceiling(W/4)"]
+
+
+def test_relative_file_factory(net_file, capsys, monkeypatch):
+    monkeypatch.chdir(net_file.parent.parent)
+    code, out, _ = run(["trace", "models/net.py:SmallNet", "--input", "7", "--format", "json"], capsys)
+    assert code == 0
+    assert json.loads(out)["outputs"]["output"]["spatial"] == ["2", "2"]
+
+
+# ---------------------------------------------------------------------------
+# bad input: one line on stderr, nothing on stdout, exit 2 (1 for a finding)
+
+BAD_MODULE = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    class Fourier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.fft.fft2(self.conv(x)).real
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return F.unfold(self.conv(x), 2)
+
+    class Valid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 5)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    def raising():
+        raise RuntimeError("the factory failed\\nwith a second line")
+
+    def not_a_module():
+        return 42
+
+    def broken_import_time():
+        return None
+""")
+
+
+@pytest.fixture
+def bad_file(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(BAD_MODULE)
+    return path
+
+
+BAD_CASES = [
+    # (argv after "trace", exit status, words the line must contain)
+    (["fcn8s", "--input", "0"], 2, ["positive"]),
+    (["fcn8s", "--input", "abc+"], 2, ["abc+"]),
+    (["fcn8s", "--input", ""], 2, ["--input"]),
+    (["fcn8s", "--input", "   "], 2, ["--input"]),
+    (["fcn8s", "--input", "99999999999"], 2, ["too large"]),
+    (["fcn8s", "--input", "-3"], 2, ["-3"]),
+    (["fcn8s", "--input", "1e3"], 2, ["1e3"]),
+    (["fcn8s", "--input", "1x2x3x4"], 2, ["at most 3"]),
+    (["fcn8s", "--input", "HxWxD"], 2, ["3 sizes", "2 spatial axes"]),
+    (["fcn8s", "--input", "floor"], 2, ["floor"]),
+    (["fcn8s", "--input", "__import__('os')"], 2, ["--input"]),
+    (["nosuchmodel", "--input", "H"], 2, ["unknown model", "nosuchmodel"]),
+    (["no_such_package_xyz.sub:make", "--input", "H"], 2, ["no_such_package_xyz"]),
+    (["fcn8s", "--input", "H", "--format", "xml"], 2, ["xml"]),
+    (["fcn8s", "--input", "H", "--arg", "width"], 2, ["--arg", "width"]),
+    (["fcn8s", "--input", "H", "--arg", "=3"], 2, ["--arg"]),
+    (["fcn8s", "--input", "H", "--arg", "width=abc"], 2, ["width"]),
+    (["fcn8s", "--input", "H", "--arg", "depth=3"], 2, ["depth"]),
+    (["deeplabv3", "--input", "H", "--arg", "backbone=resnet7"], 2, ["resnet7"]),
+    (["fcn8s", "--input", "H", "--channels", "0"], 2, ["--channels"]),
+    (["fcn8s", "--input", "H", "--channels", "x"], 2, ["--channels"]),
+    (["fcn8s"], 2, ["--input"]),
+]
+
+
+@pytest.mark.parametrize("argv, status, words", BAD_CASES, ids=[" ".join(c[0]) or "empty" for c in BAD_CASES])
+def test_bad_input(argv, status, words, capsys):
+    code, out, err = run(["trace", *argv], capsys)
+    assert code == status and out == ""
+    line = assert_one_error_line(err)
+    for word in words:
+        assert word in line
+
+
+FILE_CASES = [
+    # (factory, --input, exit status, words)
+    ("missing.py:make", "H", 2, ["no such file", "missing.py"]),
+    ("{file}:nothere", "H", 2, ["nothere"]),
+    ("{file}:raising", "H", 2, ["raising", "the factory failed"]),
+    ("{file}:not_a_module", "H", 2, ["not an nn.Module"]),
+    ("{file}:broken_import_time", "H", 2, ["not an nn.Module"]),
+    ("{file}:DataDependent", "H", 2, ["cannot trace", "control flow"]),
+    ("{file}:Fourier", "H", 2, ["fft", "no size rule", "rules.py"]),
+    ("{file}:Patches", "H", 2, ["unfold", "no size rule"]),
+    ("{file}:Valid", "4", 1, ["conv", "4"]),
+    ("{file}:Valid", "4x100", 1, ["conv"]),
+]
+
+
+@pytest.mark.parametrize("model, spec, status, words", FILE_CASES, ids=[f"{c[0]} {c[1]}" for c in FILE_CASES])
+def test_bad_model_file(model, spec, status, words, bad_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["trace", model.format(file=bad_file), "--input", spec], capsys)
+    assert code == status and out == ""
+    line = assert_one_error_line(err)
+    for word in words:
+        assert word in line
+    if status == 1 or "no size rule" in words:
+        assert "node" in line  # the node that failed is named
+
+
+def test_a_model_that_runs_at_no_size_is_a_finding(bad_file, capsys):
+    code, out, _ = run(["trace", f"{bad_file}:Valid", "--input", "H", "--format", "json"], capsys)
+    assert code == 0
+    assert json.loads(out)["domain"]["valid"] == "every H >= 5"
+
+
+# ---------------------------------------------------------------------------
+# help
+
+
+def test_program_help(capsys):
+    code, out, err = run(["--help"], capsys)
+    assert code == 0 and err == ""
+    assert out.startswith("usage: shapecalc") and "trace" in out
+
+
+def test_trace_help(capsys):
+    code, out, err = run(["trace", "--help"], capsys)
+    assert code == 0 and err == ""
+    for word in ("usage: shapecalc trace", "MODEL", "--input", "SPEC", "--format", "table", "markdown", "json",
+                 "--arg", "KEY=VALUE", "--channels", "package.module:factory", "path/to/file.py:factory"):
+        assert word in out
+
+
+def test_no_command_prints_usage_and_exits_2(capsys):
+    code, out, err = run([], capsys)
+    assert code == 2 and out == "" and "usage: shapecalc" in err
+
+
+# ---------------------------------------------------------------------------
+# what a shell sees
+
+
+def shell(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shapecalc", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_python_dash_m_json():
+    done = shell("trace", "fcn8s", "--input", "H", "--format", "json")
+    assert done.returncode == 0 and done.stderr == ""
+    data = json.loads(done.stdout)
+    assert [c["required"] for c in data["crops"]] == [["5", "5"], ["9", "9"], ["31", "31"]]
+    assert data["domain"]["valid"] == "every H >= 1"
+
+
+def test_python_dash_m_errors(bad_file, tmp_path):
+    for argv, status in [(["trace", "fcn8s", "--input", "0"], 2),
+                         (["trace", f"{bad_file}:raising", "--input", "H"], 2)]:
+        done = shell(*argv, cwd=tmp_path)
+        assert done.returncode == status and done.stdout == "", (argv, done)
+        assert_one_error_line(done.stderr)
