@@ -12,7 +12,7 @@ import torch.fx
 from . import rules
 from ._errors import ShapecalcError, SizeError, UnsupportedOpError
 from .domain import Domain, Requirement
-from .symbolic import format_expr, merge_floor_terms
+from .symbolic import format_expr, ge, largest, le, merge_floor_terms, smallest
 from .tensors import AxisGeometry, SymbolicTensor
 
 #: the one node.meta key shapecalc writes
@@ -41,8 +41,8 @@ def simplify_under(expr, domain: Domain):
             changed = False
             for i, a in enumerate(keep):
                 for b in keep[i + 1:]:
-                    a_wins = domain.always(sympy.Le(a, b)) if isinstance(expr, sympy.Min) else domain.always(sympy.Ge(a, b))
-                    b_wins = domain.always(sympy.Le(b, a)) if isinstance(expr, sympy.Min) else domain.always(sympy.Ge(b, a))
+                    a_wins = domain.always(le(a, b)) if isinstance(expr, sympy.Min) else domain.always(ge(a, b))
+                    b_wins = domain.always(le(b, a)) if isinstance(expr, sympy.Min) else domain.always(ge(b, a))
                     if a_wins:
                         keep.remove(b)
                         changed = True
@@ -53,7 +53,7 @@ def simplify_under(expr, domain: Domain):
                         break
                 if changed:
                     break
-        return keep[0] if len(keep) == 1 else type(expr)(*keep)
+        return keep[0] if len(keep) == 1 else (smallest if isinstance(expr, sympy.Min) else largest)(*keep)
     if isinstance(expr, sympy.Piecewise):
         pieces = []
         for pair in args:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ._errors import UnsupportedOpError
 from . import receptive
-from .symbolic import as_expr, ceildiv, floor_of, floordiv, format_expr, is_concrete
+from .symbolic import (as_expr, ceildiv, eq, floor_of, floordiv, format_expr, ge, gt, is_concrete, largest, le, lt,
+                       smallest)
 from .tensors import AxisGeometry, SymbolicTensor
 
 
@@ -121,7 +122,7 @@ def _spatial_count(x: SymbolicTensor, nd: int) -> None:
 
 def _nonempty(ctx: RuleContext, sizes) -> None:
     for size in sizes:
-        ctx.require(sympy.Ge(size, 1), f"needs a non-empty input (size {format_expr(size)})")
+        ctx.require(ge(size, 1), f"needs a non-empty input (size {format_expr(size)})")
 
 
 def _axis_geometry(scale, shift, rf, window) -> AxisGeometry:
@@ -146,7 +147,7 @@ def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_
 
 def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> None:
     if x.ndim >= 2:
-        ctx.require(sympy.Eq(x.shape[1], expected), f"{what} expects {expected} input channels, got {format_expr(x.shape[1])}")
+        ctx.require(eq(x.shape[1], expected), f"{what} expects {expected} input channels, got {format_expr(x.shape[1])}")
 
 
 # ---------------------------------------------------------------------------
@@ -170,11 +171,11 @@ def _conv(ctx, x: SymbolicTensor, nd: int, out_channels: int, kernel, stride, pa
     sizes, geometry = [], []
     for n, g, k, s, (left, right), d in zip(x.spatial_sizes, x.geometry, kernel, stride, pads, dilation):
         if padding_mode == "reflect":
-            ctx.require(sympy.Gt(n, max(left, right)), f"reflect padding {max(left, right)} must be smaller than the input ({format_expr(n)})")
+            ctx.require(gt(n, max(left, right)), f"reflect padding {max(left, right)} must be smaller than the input ({format_expr(n)})")
         elif padding_mode == "circular":
-            ctx.require(sympy.Ge(n, max(left, right)), f"circular padding {max(left, right)} must not exceed the input ({format_expr(n)})")
+            ctx.require(ge(n, max(left, right)), f"circular padding {max(left, right)} must not exceed the input ({format_expr(n)})")
         reach = n + left + right - d * (k - 1) - 1
-        ctx.require(sympy.Ge(reach, 0), f"kernel {d * (k - 1) + 1} is larger than the padded input ({format_expr(n + left + right)})")
+        ctx.require(ge(reach, 0), f"kernel {d * (k - 1) + 1} is larger than the padded input ({format_expr(n + left + right)})")
         # floor(r/s) + 1 written as floor((r + s)/s): one floor, the form people write.
         sizes.append(floordiv(reach + s, s))
         geometry.append(_windowed_geometry(g, k, s, left, d))
@@ -231,7 +232,7 @@ def transposed_convolution(ctx, x, output_size=None):
     sizes, geometry = [], []
     for n, g, k, s, p, d, op in zip(x.spatial_sizes, x.geometry, m.kernel_size, m.stride, m.padding, m.dilation, m.output_padding):
         size = (n - 1) * s - 2 * p + d * (k - 1) + op + 1
-        ctx.require(sympy.Ge(size, 1), f"output size {format_expr(size)} must be positive")
+        ctx.require(ge(size, 1), f"output size {format_expr(size)} must be positive")
         sizes.append(size)
         geometry.append(_transposed_axis(g, k, s, p, d))
     shape = list(x.shape)
@@ -267,7 +268,7 @@ def _pool(ctx, x: SymbolicTensor, nd: int, kernel, stride, padding, dilation, ce
     sizes, geometry = [], []
     for n, g, k, s, p, d in zip(x.spatial_sizes, x.geometry, kernel, stride, padding, dilation):
         size, numerator = pooled_size(n, k, s, p, d, ceil_mode)
-        ctx.require(sympy.Ge(numerator, 0), f"pooling output {format_expr(size)} must be positive")
+        ctx.require(ge(numerator, 0), f"pooling output {format_expr(size)} must be positive")
         sizes.append(size)
         geometry.append(_windowed_geometry(g, k, s, p, d))
     return x.with_spatial(sizes, geometry)
@@ -412,7 +413,7 @@ def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_cor
     taps = _TAPS.get(mode, 2)
     geometry = []
     for n, out, g, ratio in zip(x.spatial_sizes, targets, x.geometry, ratios):
-        ctx.require(sympy.Ge(out, 1), f"interpolate output {format_expr(out)} must be positive")
+        ctx.require(ge(out, 1), f"interpolate output {format_expr(out)} must be positive")
         if mode == "area":
             geometry.append(_adaptive(ctx, SymbolicTensor((n,), (0,), (g,)), 1, out).geometry[0])
         else:
@@ -449,15 +450,15 @@ def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
         left, right = as_expr(pad[2 * i]), as_expr(pad[2 * i + 1])
         n = shape[axis]
         size = n + left + right
-        ctx.require(sympy.Ge(size, 0), f"padding ({format_expr(left)}, {format_expr(right)}) crops more than the size {format_expr(n)}")
+        ctx.require(ge(size, 0), f"padding ({format_expr(left)}, {format_expr(right)}) crops more than the size {format_expr(n)}")
         if mode == "reflect":
-            ctx.require(sympy.And(sympy.Gt(n, left), sympy.Gt(n, right)), f"reflect padding must be smaller than the input ({format_expr(n)})")
+            ctx.require(sympy.And(gt(n, left), gt(n, right)), f"reflect padding must be smaller than the input ({format_expr(n)})")
         elif mode in ("replicate", "circular"):
             _nonempty(ctx, [n])
         if mode == "circular":
             # PyTorch: "Padding value causes wrapping around more than once"
             for side in (left, right):
-                ctx.require(sympy.Ge(n, side), f"circular padding {format_expr(side)} must not exceed the input ({format_expr(n)})")
+                ctx.require(ge(n, side), f"circular padding {format_expr(side)} must not exceed the input ({format_expr(n)})")
         shape[axis] = size
         if axis in geometry and geometry[axis] is not None:
             geometry[axis] = geometry[axis].shifted(-left)
@@ -506,7 +507,7 @@ def shape_preserving(ctx, x, *args, **kwargs):
     if isinstance(x, SymbolicTensor) and ctx.module is not None and isinstance(ctx.module, nn.LayerNorm):
         normalized = tuple(ctx.module.normalized_shape)
         for size, expected in zip(x.shape[-len(normalized):], normalized):
-            ctx.require(sympy.Eq(size, expected), f"LayerNorm over {normalized} got size {format_expr(size)}")
+            ctx.require(eq(size, expected), f"LayerNorm over {normalized} got size {format_expr(size)}")
     return x
 
 
@@ -540,12 +541,12 @@ def broadcast_size(ctx, a, b):
         return b
     if b == 1:
         return a
-    equal = sympy.Eq(a, b)
-    ctx.require(sympy.Or(equal, sympy.Eq(a, 1), sympy.Eq(b, 1)),
+    equal = eq(a, b)
+    ctx.require(sympy.Or(equal, eq(a, 1), eq(b, 1)),
                 f"sizes {format_expr(a)} and {format_expr(b)} must match (or one be 1)")
     if ctx.always(equal):
         return a
-    return sympy.Piecewise((b, sympy.Eq(a, 1)), (a, True))
+    return sympy.Piecewise((b, eq(a, 1)), (a, True))
 
 
 def _merge_geometry(ga: Optional[AxisGeometry], gb: Optional[AxisGeometry]):
@@ -556,14 +557,14 @@ def _merge_geometry(ga: Optional[AxisGeometry], gb: Optional[AxisGeometry]):
     if ga.position_free or gb.position_free:
         free, other = (ga, gb) if ga.position_free else (gb, ga)
         # A global branch sees the whole input: every index's field covers it.
-        rf = None if free.rf is None or other.rf is None else sympy.Max(free.rf, other.rf)
+        rf = None if free.rf is None or other.rf is None else largest(free.rf, other.rf)
         return AxisGeometry(other.scale, other.shift, rf, window)
     if receptive.widest(window) is not None:
         return _axis_geometry(ga.scale, ga.shift, None, window)
     if ga.rf is None or gb.rf is None:
         return AxisGeometry(ga.scale, ga.shift, None, window)
-    low = sympy.Min(ga.center - ga.rf / 2, gb.center - gb.rf / 2)
-    high = sympy.Max(ga.center + ga.rf / 2, gb.center + gb.rf / 2)
+    low = smallest(ga.center - ga.rf / 2, gb.center - gb.rf / 2)
+    high = largest(ga.center + ga.rf / 2, gb.center + gb.rf / 2)
     return AxisGeometry(ga.scale, ga.shift, high - low, window)
 
 
@@ -669,7 +670,7 @@ def concatenate(ctx, tensors, dim=0, *, axis=None, out=None):
             if i == axis:
                 shape[i] = x + y
             elif x != y:
-                ctx.require(sympy.Eq(x, y), f"cat needs equal sizes on dim {i}: {format_expr(x)} vs {format_expr(y)}")
+                ctx.require(eq(x, y), f"cat needs equal sizes on dim {i}: {format_expr(x)} vs {format_expr(y)}")
         for a, g in zip(other.spatial, other.geometry):
             if a != axis:
                 geometry[a] = _merge_geometry(geometry.get(a), g)
@@ -686,7 +687,7 @@ def stack(ctx, tensors, dim=0, *, out=None):
         merged = elementwise(ctx, merged, other)
         for x, y in zip(tensors[0].shape, other.shape):
             if x != y:
-                ctx.require(sympy.Eq(x, y), f"stack needs equal sizes: {format_expr(x)} vs {format_expr(y)}")
+                ctx.require(eq(x, y), f"stack needs equal sizes: {format_expr(x)} vs {format_expr(y)}")
     axis = dim % (merged.ndim + 1)
     shape = merged.shape[:axis] + (sympy.Integer(len(tensors)),) + merged.shape[axis:]
     spatial = tuple(a + 1 if a >= axis else a for a in merged.spatial)
@@ -738,11 +739,11 @@ def _clamped_bound(ctx, bound, n, default):
     if bound is None:
         return as_expr(default)
     bound = as_expr(bound)
-    if ctx.always(sympy.Ge(bound, 0)):
-        return ctx.simplify(sympy.Min(bound, n))
-    if ctx.always(sympy.Lt(bound, 0)):
-        return ctx.simplify(sympy.Max(0, bound + n))
-    return ctx.simplify(sympy.Piecewise((sympy.Max(0, bound + n), sympy.Lt(bound, 0)), (sympy.Min(bound, n), True)))
+    if ctx.always(ge(bound, 0)):
+        return ctx.simplify(smallest(bound, n))
+    if ctx.always(lt(bound, 0)):
+        return ctx.simplify(largest(0, bound + n))
+    return ctx.simplify(sympy.Piecewise((largest(0, bound + n), lt(bound, 0)), (smallest(bound, n), True)))
 
 
 def _slice_axis(ctx, n, geometry: Optional[AxisGeometry], index: slice):
@@ -752,7 +753,7 @@ def _slice_axis(ctx, n, geometry: Optional[AxisGeometry], index: slice):
             raise UnsupportedOpError(f"slice step {step!r}: only positive integer steps")
     start = _clamped_bound(ctx, index.start, n, 0)
     stop = _clamped_bound(ctx, index.stop, n, n)
-    length = ctx.simplify(sympy.Max(0, stop - start))
+    length = ctx.simplify(largest(0, stop - start))
     step = index.step or 1
     if step != 1:
         length = floordiv(length + step - 1, step)
@@ -805,7 +806,7 @@ def _index_tensor(ctx, x: SymbolicTensor, index):
             shape.append(length)
         else:
             position = as_expr(item)
-            ctx.require(sympy.And(sympy.Ge(position, -n), sympy.Lt(position, n)), f"index {format_expr(position)} out of range for size {format_expr(n)}")
+            ctx.require(sympy.And(ge(position, -n), lt(position, n)), f"index {format_expr(position)} out of range for size {format_expr(n)}")
         axis += 1
     result = SymbolicTensor(tuple(shape), tuple(spatial), tuple(geometry))
     ctx.record_crop(x, result, offsets)
@@ -825,7 +826,7 @@ def _reshape(ctx, x: SymbolicTensor, sizes):
         known = sympy.Mul(*[s for s in sizes if s != -1])
         inferred = floordiv(total, known) if known.is_Integer and total.is_Integer else total / known
         sizes = [inferred if s == -1 else s for s in sizes]
-    ctx.require(sympy.Eq(sympy.expand(sympy.Mul(*sizes)), sympy.expand(total)), f"view {tuple(format_expr(s) for s in sizes)} does not match {format_expr(total)} elements")
+    ctx.require(eq(sympy.expand(sympy.Mul(*sizes)), sympy.expand(total)), f"view {tuple(format_expr(s) for s in sizes)} does not match {format_expr(total)} elements")
     # A spatial axis survives when its exact size expression reappears, in order.
     spatial, geometry, cursor = [], [], 0
     for axis, size in enumerate(sizes):
@@ -873,7 +874,7 @@ def linear(ctx, x):
     m = ctx.module
     x = _expect_tensor(x, "Linear")
     last = x.ndim - 1
-    ctx.require(sympy.Eq(x.shape[last], m.in_features), f"Linear expects {m.in_features} features, got {format_expr(x.shape[last])}")
+    ctx.require(eq(x.shape[last], m.in_features), f"Linear expects {m.in_features} features, got {format_expr(x.shape[last])}")
     keep = [(a, g) for a, g in zip(x.spatial, x.geometry) if a != last]
     return SymbolicTensor(x.shape[:last] + (sympy.Integer(m.out_features),), tuple(a for a, _ in keep), tuple(g for _, g in keep))
 

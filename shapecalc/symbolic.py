@@ -198,6 +198,80 @@ def free_size_symbols(expr) -> set[sympy.Symbol]:
 
 
 # ---------------------------------------------------------------------------
+# relations and clamps, without sympy's evaluation
+#
+# sympy decides ``Ge(a, b)`` and ``Min(a, b)`` at construction by asking its
+# assumptions system about every term: milliseconds per relation between
+# floor-laden sizes and tens of milliseconds per Min, rarely with an answer.
+# The domain decides such conditions exactly; these settle only what a
+# numeric difference settles and otherwise build the unevaluated form.
+
+
+def _numeric_difference(a: sympy.Expr, b: sympy.Expr):
+    difference = a - b
+    if not difference.is_Number:
+        difference = sympy.expand(difference)
+    return difference if difference.is_Number else None
+
+
+def _relation(kind, decide, a, b) -> sympy.Basic:
+    a, b = as_expr(a), as_expr(b)
+    difference = _numeric_difference(a, b)
+    if difference is not None:
+        return sympy.true if decide(difference) else sympy.false
+    return kind(a, b, evaluate=False)
+
+
+def ge(a, b) -> sympy.Basic:
+    """``a >= b``: true/false when ``a - b`` is a number, else unevaluated."""
+    return _relation(sympy.Ge, lambda d: d >= 0, a, b)
+
+
+def gt(a, b) -> sympy.Basic:
+    return _relation(sympy.Gt, lambda d: d > 0, a, b)
+
+
+def le(a, b) -> sympy.Basic:
+    return _relation(sympy.Le, lambda d: d <= 0, a, b)
+
+
+def lt(a, b) -> sympy.Basic:
+    return _relation(sympy.Lt, lambda d: d < 0, a, b)
+
+
+def eq(a, b) -> sympy.Basic:
+    return _relation(sympy.Eq, lambda d: d == 0, a, b)
+
+
+def _clamp(kind, args, keep_first_when) -> sympy.Expr:
+    kept: list[sympy.Expr] = []
+    for candidate in dict.fromkeys(as_expr(a) for a in args):
+        dominated = False
+        for i, other in enumerate(kept):
+            difference = _numeric_difference(candidate, other)
+            if difference is None:
+                continue
+            if not keep_first_when(difference):
+                kept[i] = candidate  # the newcomer wins against this one
+            dominated = True
+            break
+        if not dominated:
+            kept.append(candidate)
+    kept = list(dict.fromkeys(kept))
+    return kept[0] if len(kept) == 1 else kind(*kept, evaluate=False)
+
+
+def smallest(*args) -> sympy.Expr:
+    """``Min(*args)`` with numerically comparable arguments settled, unevaluated otherwise."""
+    return _clamp(sympy.Min, args, lambda d: d >= 0)
+
+
+def largest(*args) -> sympy.Expr:
+    """``Max(*args)`` with numerically comparable arguments settled, unevaluated otherwise."""
+    return _clamp(sympy.Max, args, lambda d: d <= 0)
+
+
+# ---------------------------------------------------------------------------
 # exact evaluation
 
 

@@ -15,6 +15,7 @@ stays light.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -257,6 +258,10 @@ class ForwardChecker:
                 sizes, "error", node.name if node is not None else None,
                 _op_of(node, self.graph_module) if node is not None else None, None, None, None,
                 f"the engine says these sizes are valid, but torch raised {type(error).__name__}: {first_line}"))
+        if not claimed:  # predictions outside the domain mean nothing: the domain is wrong
+            return Outcome(sizes, claimed, True, 0, Mismatch(
+                sizes, "ran", None, None, None, None, None,
+                f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"))
         compared = 0
         for node in self._nodes:
             actual = recorder.shapes.get(node.name)
@@ -270,10 +275,6 @@ class ForwardChecker:
                 return Outcome(sizes, claimed, True, compared, Mismatch(
                     sizes, "size", node.name, _op_of(node, self.graph_module), _predicted_text(predicted),
                     expected, actual_value, text))
-        if not claimed:
-            return Outcome(sizes, claimed, True, compared, Mismatch(
-                sizes, "ran", None, None, None, None, None,
-                f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"))
         return Outcome(sizes, claimed, True, compared)
 
 
@@ -355,13 +356,15 @@ def _invalid_values(analysis: Analysis, symbol: sympy.Symbol, max_size: int) -> 
 
 
 def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
-    """The smallest sizes, a few large ones, and (for 2+ symbols) mixes."""
+    """The smallest sizes and a few large ones, alternating (a small budget
+    still gets both ends), then (for 2+ symbols) mixes."""
     names = list(values)
     plans = []
-    for i in range(SMALLEST):
-        plans.append({k: v[min(i, len(v) - 1)] for k, v in values.items()})
-    for i in range(LARGEST):
-        plans.append({k: v[max(len(v) - 1 - i, 0)] for k, v in values.items()})
+    for i in range(max(SMALLEST, LARGEST)):
+        if i < SMALLEST:
+            plans.append({k: v[min(i, len(v) - 1)] for k, v in values.items()})
+        if i < LARGEST:
+            plans.append({k: v[max(len(v) - 1 - i, 0)] for k, v in values.items()})
     if len(names) >= 2:
         for name in names:
             plans.append({k: (v[-1] if k == name else v[0]) for k, v in values.items()})
@@ -372,11 +375,14 @@ def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
 def _load(model, kwargs, width, device):
     """(name, analysed module on meta, real module on device, device)."""
     if isinstance(model, nn.Module):
-        parameter = next(iter(model.parameters()), None) or next(iter(model.buffers()), None)
-        own = "cpu" if parameter is None else parameter.device.type
-        if device not in ("auto", own):
-            raise InputSpecError(f"the model lives on {own}; pass a model built on {device} (or a MODEL spec)")
-        return type(model).__name__, model, model, own
+        tensors = [*model.parameters(), *model.buffers()]
+        own = tensors[0].device.type if tensors else "cpu"
+        if device in ("auto", own):
+            return type(model).__name__, model, model, own
+        device = resolve_device(device)
+        if own == "meta":
+            raise InputSpecError(f"the model lives on meta (no weights); it cannot run on {device}")
+        return type(model).__name__, model, copy.deepcopy(model).to(device), device
     kwargs = dict(kwargs or {})
     if width is not None:
         kwargs["width"] = width
@@ -460,7 +466,7 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
     base = {k: (v[0] if v else 1) for k, v in values.items()}
     invalid = [{**base, str(s): n} for s in analysis.symbols for n in _invalid_values(analysis, s, max_size)]
     runnable = all(values.values())
-    explicit = _explicit_sizes(values) if runnable else []
+    explicit = _explicit_sizes(values)[:examples] if runnable else []
     drawn = max(examples - len(explicit), 0) if names else 0
     total = len(invalid) + len(explicit) + drawn
 

@@ -1,0 +1,222 @@
+"""``shapecalc verify``: the engine against real forward passes (cpu with thin
+models, meta for shape-only sweeps; cuda when the machine has one)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import sympy
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shapecalc import rules
+from shapecalc.cli import main
+from shapecalc.symbolic import eq, evaluate, floordiv, ge, largest, le, lt, size_symbol, smallest
+from shapecalc.verify import ForwardChecker, prepare, resolve_device, verify
+
+THIN = 1 / 32
+H = size_symbol("H")
+
+
+# ---------------------------------------------------------------------------
+# the library
+
+
+def test_fcn8s_passes_on_cpu_with_a_thin_model():
+    report = verify("fcn8s", device="cpu", width=THIN, examples=8, max_size=96)
+    assert report.passed, report.summary()
+    assert report.examples == 8 and report.nodes_compared >= 8 * 60
+    # the smallest sizes and the largest are always among the examples
+    assert report.size_range["H"] == (1, 96) and report.size_range["W"] == (1, 96)
+    assert report.device == "cpu"
+
+
+def test_deeplabv3_passes_on_meta():
+    report = verify("deeplabv3", device="meta", examples=8)
+    assert report.passed, report.summary()
+    assert report.size_range["H"][1] == 2048
+
+
+def test_deeplabv3_passes_on_cpu_with_a_thin_model():
+    report = verify("deeplabv3", "H", device="cpu", width=1 / 16, examples=5, max_size=80)
+    assert report.passed, report.summary()
+    assert "PASS" in report.summary() and "nodes compared" in report.summary()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fcn8s_passes_on_cuda_at_full_width():
+    report = verify("fcn8s", device="cuda", examples=10, max_size=512)
+    assert report.passed, report.summary()
+
+
+def test_sizes_outside_the_domain_must_fail():
+    model = nn.Sequential(nn.Conv2d(1, 1, 5), nn.MaxPool2d(3, stride=2, ceil_mode=True))
+    report = verify(model, "H", examples=6, max_size=40)
+    assert report.passed, report.summary()
+    # ceil mode lets the 3-wide pool window overhang a 2-wide input: H = 6 runs
+    assert report.invalid_checked >= 2 and report.size_range["H"][0] == 6
+
+
+def _wrong_ceil_mode(monkeypatch):
+    """Make the engine forget PyTorch's ceil_mode rounding."""
+    original = rules.RULES[nn.MaxPool2d]
+
+    def floor_only(ctx, x):
+        m = ctx.module
+        return rules._pool(ctx, x, 2, m.kernel_size, m.stride, m.padding, m.dilation, False)
+
+    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, rules.Rule(original.name, floor_only))
+
+
+def test_a_wrong_domain_is_caught(monkeypatch):
+    _wrong_ceil_mode(monkeypatch)
+    # floor mode needs H >= 2; torch (ceil mode) runs at H = 1
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.MaxPool2d(2, stride=2, ceil_mode=True))
+    report = verify(model, "H", examples=10, max_size=100)
+    assert not report.passed
+    assert report.mismatch.sizes == {"H": 1} and report.mismatch.kind == "ran"
+    assert "the engine says these sizes are invalid" in report.summary()
+
+
+def _wrong_in_a_band(monkeypatch, low, high):
+    """Make the engine's MaxPool2d one too large for low <= H <= high."""
+    original = rules.RULES[nn.MaxPool2d]
+
+    def off_in_a_band(ctx, x):
+        y = original.function(ctx, x)
+        n = x.spatial_sizes[0]
+        band = sympy.And(sympy.Ge(n, low), sympy.Le(n, high))
+        return y.with_spatial([sympy.Piecewise((s + 1, band), (s, True)) for s in y.spatial_sizes])
+
+    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, rules.Rule(original.name, off_in_a_band))
+
+
+def test_a_drawn_mismatch_is_shrunk_to_the_smallest_and_named(monkeypatch):
+    _wrong_in_a_band(monkeypatch, 41, 70)
+    # the explicit smallest and largest sizes pass; hypothesis must find the band
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.MaxPool2d(2, stride=2, ceil_mode=True))
+    report = verify(model, "H", device="meta", examples=60, max_size=300)
+    assert not report.passed
+    mismatch = report.mismatch
+    assert mismatch.sizes == {"H": 41} and mismatch.kind == "size"
+    assert mismatch.node == "_1" and mismatch.op == "MaxPool2d"
+    assert mismatch.expected == (1, 1, 22, 22) and mismatch.actual == (1, 1, 21, 21)
+    assert "mismatch at H=41 at node '_1' (MaxPool2d)" in report.summary()
+
+
+def test_an_explicit_mismatch_is_shrunk_too(monkeypatch):
+    _wrong_in_a_band(monkeypatch, 20, 10**6)
+    model = nn.Sequential(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+    report = verify(model, "H", device="meta", examples=8, max_size=500)
+    assert report.mismatch.sizes == {"H": 20} and report.mismatch.shrunk_from == {"H": 500}
+
+
+def test_forward_checker_reports_torch_errors_with_the_node():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3))
+    checker = prepare(model, "H", device="cpu")
+    outcome = checker.check({"H": 4})  # 4 -> 2 -> the second conv cannot run
+    assert not outcome.claimed_valid and not outcome.ran and outcome.mismatch is None
+    assert checker.check({"H": 5}).ran
+
+
+def test_usage_errors():
+    with pytest.raises(Exception, match="examples"):
+        verify("fcn8s", examples=0)
+    with pytest.raises(Exception, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="cuda"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_passes_and_prints_a_summary(capsys):
+    assert main(["verify", "fcn8s", "--device", "meta", "--examples", "6", "--max-size", "200"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("PASS: fcn8s --input HxW on meta")
+    assert "examples: 6 valid sizes" in out and "nodes compared:" in out and "time:" in out
+
+
+def test_cli_with_a_user_model_file(tmp_path, capsys):
+    path = tmp_path / "net.py"
+    path.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def build(k=3):
+            return nn.Sequential(nn.Conv1d(2, 4, k, stride=2), nn.ReLU(), nn.ConvTranspose1d(4, 1, 4, stride=2))
+    """))
+    code = main(["verify", f"{path}:build", "--device", "cpu", "--examples", "10", "--arg", "k=5", "--format", "json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert '"passed": true' in out and '"invalid_checked": 4' in out
+
+
+def test_cli_exit_1_on_a_mismatch(monkeypatch, tmp_path, capsys):
+    _wrong_in_a_band(monkeypatch, 1, 10**6)
+    path = tmp_path / "pool.py"
+    path.write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.MaxPool2d(2, 2, ceil_mode=True))\n")
+    assert main(["verify", f"{path}:build", "--device", "meta", "--examples", "5"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["verify", "fcn8s", "--device", "tpu"],
+    ["verify", "fcn8s", "--examples", "0"],
+    ["verify", "fcn8s", "--width", "-1"],
+    ["verify", "nope"],
+    ["verify", "fcn8s", "--input", "0"],
+])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_cuda_without_a_gpu_is_a_usage_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["verify", "fcn8s", "--device", "cuda"]) == 2
+    assert "cuda" in capsys.readouterr().err
+
+
+def test_import_shapecalc_stays_light():
+    code = "import sys, shapecalc, shapecalc.verify, shapecalc.architectures, shapecalc.cli; " \
+           "print(sorted(m for m in ('rich', 'hypothesis') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------
+# the unevaluated relations and clamps (a speedup: sympy's own evaluation
+# asks its assumptions system about every floor term)
+
+affine = st.builds(lambda a, b, q, c: floordiv(a * H + b, q) + c,
+                   st.integers(0, 3), st.integers(-9, 9), st.integers(1, 4), st.integers(-5, 5))
+
+
+@given(affine, affine, st.integers(1, 200))
+def test_clamps_and_relations_evaluate_like_python(a, b, n):
+    env = {H: n}
+    x, y = evaluate(a, env), evaluate(b, env)
+    assert evaluate(smallest(a, b), env) == min(x, y)
+    assert evaluate(largest(a, b, 0), env) == max(x, y, 0)
+    assert bool(evaluate(ge(a, b), env)) == (x >= y)
+    assert bool(evaluate(le(a, b), env)) == (x <= y)
+    assert bool(evaluate(lt(a, b), env)) == (x < y)
+    assert bool(evaluate(eq(a, b), env)) == (x == y)
+
+
+def test_numeric_differences_are_settled_at_once():
+    assert ge(H + 1, H) is sympy.true and eq(H, H + 1) is sympy.false
+    assert smallest(H + 3, H, H + 1) == H and largest(5, 2) == 5
+    assert isinstance(le(H, 5), sympy.Le)  # left to the domain
