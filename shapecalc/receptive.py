@@ -148,28 +148,28 @@ def global_window(window, n) -> Optional[Window]:
 # comparing windows
 
 
-def _increment(expr, period: int) -> Optional[sympy.Expr]:
+def increment(expr, period: int) -> Optional[sympy.Expr]:
     """``c`` with ``expr(i + period) = expr(i) + c`` for every i, or None."""
     if INDEX not in expr.free_symbols:
         return sympy.Integer(0)
     if expr == INDEX:
         return sympy.Integer(period)
     if expr.is_Add:
-        parts = [_increment(a, period) for a in expr.args]
+        parts = [increment(a, period) for a in expr.args]
         return None if any(p is None for p in parts) else sympy.Add(*parts)
     if expr.is_Mul:
         coefficient, rest = expr.as_coeff_Mul()
         if coefficient != 1:
-            inner = _increment(rest, period)
+            inner = increment(rest, period)
             return None if inner is None else coefficient * inner
         return None
     if isinstance(expr, FloorDiv):
-        inner = _increment(expr.numerator, period)
+        inner = increment(expr.numerator, period)
         if inner is None or not inner.is_Integer or int(inner) % expr.divisor:
             return None
         return sympy.Integer(int(inner) // expr.divisor)
     if isinstance(expr, (sympy.Min, sympy.Max)):
-        parts = {_increment(a, period) for a in expr.args}
+        parts = {increment(a, period) for a in expr.args}
         return parts.pop() if len(parts) == 1 and None not in parts else None
     return None
 
@@ -191,7 +191,7 @@ def periodic_values(expr) -> Optional[list]:
     if expr.free_symbols - {INDEX}:
         return None
     period = index_period(expr)
-    if _increment(expr, period) != 0:
+    if increment(expr, period) != 0:
         return None
     return [evaluate(expr, {INDEX: i}) for i in range(period)]
 

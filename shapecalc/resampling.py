@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .domain import Domain
 from .geometry import _downstream_merge, _tensor_inputs, aligned_sizes, decide, largest, magnitude, zero_condition
 from .propagate import META_KEY
-from .receptive import INDEX
+from .receptive import INDEX, increment
 from .symbolic import as_expr, ceildiv, floordiv
 from .tensors import IDENTITY, AxisGeometry, SymbolicTensor
 
@@ -248,7 +248,14 @@ def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optiona
     def sampled(u):
         if mode in LINEAR_MODES:
             if call.align_corners:
-                return coordinate(u * (n - 1) / (out - 1)) if out != 1 else coordinate(sympy.Integer(0))
+                if out == 1:
+                    return coordinate(sympy.Integer(0))
+                if u == INDEX and not (out - 1).is_positive:
+                    # PyTorch's scale is 0 for a single output pixel; the
+                    # endpoint formulas cancel (out - 1) themselves
+                    return sympy.Piecewise((coordinate(sympy.Integer(0)), sympy.Eq(out, 1)),
+                                           (coordinate(u * (n - 1) / (out - 1)), True))
+                return coordinate(u * (n - 1) / (out - 1))
             return coordinate((u + sympy.Rational(1, 2)) * ratio - sympy.Rational(1, 2))
         if mode == "nearest":
             return coordinate(_floor(u * ratio))
@@ -270,11 +277,9 @@ def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optiona
         ratio = sympy.expand(ratio)
         if not ratio.is_Rational:
             return None, None, f"{mode} sampling with a size-dependent ratio ({ratio}) is not decided", pixel_shift
-        u = sympy.Symbol("u", integer=True)
         period = int(ratio.q)
-        drift = sympy.expand(shift_at(u + period) - shift_at(u))
-        drift_condition = zero_condition(drift, domain)
-        if drift_condition is not sympy.true:
+        drift = increment(sympy.expand(pixel_shift), period)
+        if drift is None or zero_condition(drift, domain) is not sympy.true:
             return None, None, f"{mode} sampling drifts against its reference grid", pixel_shift
         candidates = [shift_at(sympy.Integer(t)) for t in range(period)]
     conditions = [zero_condition(c, domain) for c in candidates]

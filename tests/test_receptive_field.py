@@ -29,9 +29,10 @@ from shapecalc.symbolic import evaluate
 _POOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d}
 
 
-def positive_copy(graph_module: torch.fx.GraphModule, seed: int = 0) -> torch.fx.GraphModule:
-    """Positive weights (about 1/fan-in, so values stay O(1)), average pools
-    for max pools, no in-place ReLU, float64, eval mode."""
+def positive_copy(graph_module: torch.fx.GraphModule, seed: int = 0, *, uniform: bool = False) -> torch.fx.GraphModule:
+    """Positive weights (about 1/fan-in, so values stay O(1); exactly 1/fan-in
+    with ``uniform``), average pools for max pools, no in-place ReLU, float64,
+    eval mode."""
     gm = copy.deepcopy(graph_module)
     for name, module in list(gm.named_modules()):
         average = _POOLS.get(type(module))
@@ -46,7 +47,7 @@ def positive_copy(graph_module: torch.fx.GraphModule, seed: int = 0) -> torch.fx
     with torch.no_grad():
         for p in gm.parameters():
             fan = p[0].numel() if p.dim() > 1 else 1
-            p.copy_((0.5 + torch.rand(p.shape, generator=generator)) / fan)
+            p.copy_((1.0 if uniform else 0.5 + torch.rand(p.shape, generator=generator)) / fan)
     gm = gm.double().eval()
     gm.requires_grad_(False)  # only the input's gradient is measured
     return gm
