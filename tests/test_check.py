@@ -57,6 +57,16 @@ class Never(nn.Module):
     def forward(self, x):
         x = self.conv(x)
         return self.pool(x[:, :, :2] + x)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        y = self.conv(x)[:, :, 1:, 1:]
+        return {"plus": y + 1, "times": y * 2}
 '''
 
 
@@ -220,6 +230,17 @@ def test_network_that_never_runs(capsys, small_file):
     for height in range(1, 12):
         with pytest.raises(RuntimeError):
             module.Never()(torch.zeros(1, 3, height, height))
+
+
+def test_unchecked_crop_is_a_warning_and_every_output_is_checked(capsys, small_file):
+    code, out, _ = run(capsys, "check", f"{small_file}:TwoOutputs", "--input", "H")
+    assert code == 0
+    assert out.splitlines()[0] == ("warning: getitem: crop offset 1 not checked: it feeds no merge or output, "
+                                   "so nothing says where it must start")
+    code, out, _ = run(capsys, "check", f"{small_file}:TwoOutputs", "--input", "H", "--expect-output", "H")
+    assert code == 1
+    assert out.splitlines()[:2] == ["error: add: output 'plus' size H - 3 where H is expected (H=3: size 0, expected 3)",
+                                    "error: mul: output 'times' size H - 3 where H is expected (H=3: size 0, expected 3)"]
 
 
 @pytest.mark.parametrize("argv, words", [
