@@ -1,22 +1,51 @@
 """shapecalc: exact spatial sizes of convolutional networks.
 
-Public API only; the implementation modules are private in spirit.
-``import shapecalc`` imports neither rich nor hypothesis.
+Public API only: names are re-exported from their implementation modules,
+lazily, so ``import shapecalc`` (and the pytest plugin that pytest loads in
+every run) imports neither torch, sympy, rich nor hypothesis until a name is
+used.
 """
 
-from ._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
-                      UnsupportedOpError)
-from .analysis import Analysis, Layer, analyze
-from .domain import PeriodicSet
-from .geometry import CropAlignment
-from .symbolic import FloorDiv, format_expr, size_symbol
-from .tensors import AxisGeometry, SymbolicTensor
-from .trace import InputSpec, load_model, parse_input_spec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Analysis", "AxisGeometry", "CropAlignment", "DomainError", "FloorDiv", "InputSpec", "InputSpecError", "Layer",
-    "ModelLoadError", "PeriodicSet", "ShapecalcError", "SizeError", "SymbolicTensor", "TraceError",
-    "UnsupportedOpError", "analyze", "format_expr", "load_model", "parse_input_spec", "size_symbol",
-]
+_EXPORTS = {
+    "ShapecalcError": "._errors", "InputSpecError": "._errors", "ModelLoadError": "._errors",
+    "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors",
+    "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
+    "PeriodicSet": ".domain",
+    "CropAlignment": ".geometry",
+    "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
+    "AxisGeometry": ".tensors", "SymbolicTensor": ".tensors",
+    "InputSpec": ".trace", "load_model": ".trace", "parse_input_spec": ".trace",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shapecalc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
+                          UnsupportedOpError)
+    from .analysis import Analysis, Layer, analyze
+    from .domain import PeriodicSet
+    from .geometry import CropAlignment
+    from .symbolic import FloorDiv, format_expr, size_symbol
+    from .tensors import AxisGeometry, SymbolicTensor
+    from .trace import InputSpec, load_model, parse_input_spec
