@@ -264,6 +264,9 @@ def _pool(ctx, x: SymbolicTensor, nd: int, kernel, stride, padding, dilation, ce
     stride = _per_axis(stride if stride not in (None, [], ()) else kernel, nd, "stride")
     padding = _per_axis(padding, nd, "padding")
     dilation = _per_axis(dilation, nd, "dilation")
+    for k, p in zip(kernel, padding):
+        # PyTorch: "pad should be at most half of kernel size" (the kernel, not the dilated window)
+        ctx.require(ge(k // 2, p), f"padding {p} is more than half the kernel size {k}")
     _nonempty(ctx, x.spatial_sizes)
     sizes, geometry = [], []
     for n, g, k, s, p, d in zip(x.spatial_sizes, x.geometry, kernel, stride, padding, dilation):
@@ -413,7 +416,11 @@ def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_cor
     taps = _TAPS.get(mode, 2)
     geometry = []
     for n, out, g, ratio in zip(x.spatial_sizes, targets, x.geometry, ratios):
-        ctx.require(ge(out, 1), f"interpolate output {format_expr(out)} must be positive")
+        if mode == "area":
+            # area is adaptive average pooling, which allows an empty output
+            ctx.require(ge(out, 0), f"interpolate output {format_expr(out)} must not be negative")
+        else:
+            ctx.require(ge(out, 1), f"interpolate output {format_expr(out)} must be positive")
         if mode == "area":
             geometry.append(_adaptive(ctx, SymbolicTensor((n,), (0,), (g,)), 1, out).geometry[0])
         else:

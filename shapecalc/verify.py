@@ -16,6 +16,7 @@ stays light.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -119,6 +120,14 @@ class _ShapeRecorder(torch.fx.Interpreter):
             return self.fetch_attr(target)
 
 
+def _peak_elements(shapes: Mapping[str, Any]) -> int:
+    peak = 0
+    for shape in shapes.values():
+        if isinstance(shape, tuple) and shape and all(isinstance(d, int) for d in shape):
+            peak = max(peak, math.prod(shape))
+    return peak
+
+
 def _is_resource_error(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -171,6 +180,7 @@ class Outcome:
     compared: int
     mismatch: Optional[Mismatch] = None
     skipped: Optional[str] = None   # e.g. out of memory: no verdict
+    peak_elements: int = 0          # the largest tensor seen (elements)
 
 
 def _op_of(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
@@ -246,22 +256,26 @@ class ForwardChecker:
                 if self.device == "cuda":
                     torch.cuda.synchronize()
         except Exception as error:  # torch refused these sizes
+            peak = _peak_elements(recorder.shapes)
             if _is_resource_error(error):
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
                 return Outcome(sizes, claimed, False, 0, skipped=f"{type(error).__name__}: out of memory")
             if not claimed:
-                return Outcome(sizes, claimed, False, 0)
+                return Outcome(sizes, claimed, False, 0, peak_elements=peak)
             node = recorder.failed_node
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return Outcome(sizes, claimed, False, 0, Mismatch(
                 sizes, "error", node.name if node is not None else None,
                 _op_of(node, self.graph_module) if node is not None else None, None, None, None,
-                f"the engine says these sizes are valid, but torch raised {type(error).__name__}: {first_line}"))
+                f"the engine says these sizes are valid, but torch raised {type(error).__name__}: {first_line}"),
+                peak_elements=peak)
+        peak = _peak_elements(recorder.shapes)
         if not claimed:  # predictions outside the domain mean nothing: the domain is wrong
             return Outcome(sizes, claimed, True, 0, Mismatch(
                 sizes, "ran", None, None, None, None, None,
-                f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"))
+                f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"),
+                peak_elements=peak)
         compared = 0
         for node in self._nodes:
             actual = recorder.shapes.get(node.name)
@@ -274,8 +288,8 @@ class ForwardChecker:
                 expected, actual_value, text = found
                 return Outcome(sizes, claimed, True, compared, Mismatch(
                     sizes, "size", node.name, _op_of(node, self.graph_module), _predicted_text(predicted),
-                    expected, actual_value, text))
-        return Outcome(sizes, claimed, True, compared)
+                    expected, actual_value, text), peak_elements=peak)
+        return Outcome(sizes, claimed, True, compared, peak_elements=peak)
 
 
 # ---------------------------------------------------------------------------

@@ -80,3 +80,27 @@ def test_circular_padding_cannot_wrap_twice():
                                                           ("mode", "circular"))),))
     result = _assert_agrees(net)
     assert min(result.valid) == 3
+
+
+def test_pool_padding_more_than_half_the_kernel():
+    # torch refuses padding > kernel // 2 (the kernel, not the dilated window)
+    # at every size; the engine did not check it
+    pool = _layer("MaxPool1d", kernel_size=5, stride=3, padding=3, dilation=2)
+    result = _assert_agrees(Architecture(1, 1, (Step("layer", (pool,)),)))
+    assert result.never_runs and not result.valid
+    ok = Step("functional", options=(("function", "avg_pool"), ("kernel_size", 2), ("padding", 1)))
+    assert _assert_agrees(Architecture(2, 1, (ok,))).valid
+
+
+def test_area_interpolation_may_produce_an_empty_output():
+    # mode="area" is adaptive average pooling: floor(H/4) = 0 still runs
+    shrink = Step("functional", options=(("function", "interpolate"), ("scale_factor", 0.25), ("mode", "area"),
+                                         ("recompute_scale_factor", True)))
+    result = _assert_agrees(Architecture(2, 1, (shrink,)))
+    assert min(result.valid) == 1
+
+
+def test_dimensionality_comes_from_the_architecture():
+    # no layer with a kernel says the net is 3-d: the input spec must
+    slicing = Step("slice", options=(("bounds", ((None, 1, 2),) * 3),))
+    assert _assert_agrees(Architecture(3, 3, (slicing,))).valid
