@@ -570,6 +570,11 @@ def _merge_geometry(ga: Optional[AxisGeometry], gb: Optional[AxisGeometry]):
         return _axis_geometry(ga.scale, ga.shift, None, window)
     if ga.rf is None or gb.rf is None:
         return AxisGeometry(ga.scale, ga.shift, None, window)
+    apart = sympy.expand(gb.center - ga.center)
+    if not apart.is_Number:
+        # Centres a size-dependent distance apart (a resampled path): the
+        # hull has no closed form worth showing; the merge audit reports it.
+        return AxisGeometry(ga.scale, ga.shift, None, window)
     low = smallest(ga.center - ga.rf / 2, gb.center - gb.rf / 2)
     high = largest(ga.center + ga.rf / 2, gb.center + gb.rf / 2)
     return AxisGeometry(ga.scale, ga.shift, high - low, window)
