@@ -18,7 +18,7 @@ _EXPORTS = {
     "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors",
     "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
     "PeriodicSet": ".domain",
-    "CropAlignment": ".geometry",
+    "CropAlignment": ".geometry", "MergeAlignment": ".geometry", "ResampleAlignment": ".resampling",
     "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
     "AxisGeometry": ".tensors", "SymbolicTensor": ".tensors",
     "InputSpec": ".trace", "load_model": ".trace", "parse_input_spec": ".trace",
@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
                           UnsupportedOpError)
     from .analysis import Analysis, Layer, analyze
     from .domain import PeriodicSet
-    from .geometry import CropAlignment
+    from .geometry import CropAlignment, MergeAlignment
+    from .resampling import ResampleAlignment
     from .symbolic import FloorDiv, format_expr, size_symbol
     from .tensors import AxisGeometry, SymbolicTensor
     from .trace import InputSpec, load_model, parse_input_spec
