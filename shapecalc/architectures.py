@@ -506,15 +506,15 @@ def cross_check(architecture: Architecture, sizes: Optional[Sequence[int]] = Non
     """Analyse ``architecture`` at input ``H`` (every spatial axis) and run it
     on the meta device at each size: torch must run exactly where the domain
     says so, with every node's shape as predicted."""
-    from .analysis import analyze
-    from .verify import ForwardChecker
+    from .verify import ForwardChecker, size_analysis
 
     result = CrossCheck(architecture)
     with torch.device("meta"):
         model = architecture.build().eval()
     try:
         # one symbol on every axis; spelled out, since a net may not say its dimensionality
-        analysis = analyze(model, "x".join("H" * architecture.nd), channels=architecture.in_channels, name="RandomNet")
+        analysis = size_analysis(model, "x".join("H" * architecture.nd), channels=architecture.in_channels,
+                                 name="RandomNet")
     except SizeError as error:
         # the engine says no size runs: torch must fail at every size
         result.never_runs = True

@@ -222,6 +222,10 @@ class _ResidueClass:
             return _normalise([iv for c in condition.args for iv in self.truth(c)])
         if isinstance(condition, sympy.Not):
             return _complement(self.truth(condition.args[0]), self.start)
+        if isinstance(condition, sympy.ITE):
+            # sympy turns a relation with a Piecewise side into If-Then-Else
+            test, then, otherwise = (self.truth(c) for c in condition.args)
+            return _normalise(_intersect(test, then) + _intersect(_complement(test, self.start), otherwise))
         left, right = getattr(condition, "lhs", None), getattr(condition, "rhs", None)
         if left is None:
             raise DomainError(f"cannot decide condition {condition}")

@@ -64,7 +64,9 @@ def simplify_under(expr, domain: Domain):
                     return value
                 pieces.append((value, True))
                 break
-            if verdict is False or domain.always(sympy.Not(condition)):
+            # drop a branch only when it is never taken: always() is False as
+            # soon as the condition fails for *some* size
+            if domain.always(sympy.Not(condition)):
                 continue
             pieces.append((value, condition))
         return pieces[0][0] if len(pieces) == 1 else sympy.Piecewise(*pieces)

@@ -288,7 +288,17 @@ def max_pooling(ctx, x):
 def average_pooling(ctx, x):
     m = ctx.module
     nd = int(type(m).__name__[-2])
-    return _pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, 1, m.ceil_mode)
+    return _average_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.ceil_mode)
+
+
+def _average_pool(ctx, x, nd: int, kernel, stride, padding, ceil_mode: bool):
+    x = _expect_tensor(x, "avg_pool")
+    if nd == 3:
+        # avg_pool3d alone checks the *unpadded* input against the kernel:
+        # "input image (T: 2 H: 2 W: 2) smaller than kernel size"
+        for n, k in zip(x.spatial_sizes, _per_axis(kernel, nd, "kernel_size")):
+            ctx.require(ge(n, k), f"avg_pool3d needs an input of at least the kernel size {k} (size {format_expr(n)})")
+    return _pool(ctx, x, nd, kernel, stride, padding, 1, ceil_mode)
 
 
 @rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)
@@ -302,7 +312,7 @@ def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation
 @rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 def functional_average_pooling(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     x = _expect_tensor(x, "avg_pool")
-    return _pool(ctx, x, len(x.spatial), kernel_size, stride, padding, 1, ceil_mode)
+    return _average_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, ceil_mode)
 
 
 def _adaptive_rf(g: Optional[AxisGeometry], n, out):

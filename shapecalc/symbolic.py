@@ -335,6 +335,12 @@ def _compile(expr: sympy.Basic) -> Callable[[Mapping[sympy.Symbol, int]], Fracti
         return lambda env: all(c(env) for c in children)
     if isinstance(expr, sympy.Or):
         return lambda env: any(c(env) for c in children)
+    if isinstance(expr, sympy.Not):
+        return lambda env: not children[0](env)
+    if isinstance(expr, sympy.ITE):
+        # sympy turns a relation with a Piecewise side into If-Then-Else
+        condition, then, otherwise = children
+        return lambda env: then(env) if condition(env) else otherwise(env)
     raise TypeError(f"cannot evaluate {type(expr).__name__} exactly: {expr}")
 
 

@@ -27,10 +27,11 @@ import torch.fx
 import torch.nn as nn
 
 from ._errors import InputSpecError, ShapecalcError, SizeError
-from .analysis import Analysis, analyze
-from .propagate import META_KEY
+from .analysis import Analysis, _with_context
+from .domain import Domain
+from .propagate import META_KEY, SizeInterpreter
 from .symbolic import evaluate, format_expr
-from .tensors import SymbolicTensor
+from .tensors import IDENTITY, SymbolicTensor
 from .trace import InputSpec, load_model, parse_input_spec, spatial_dimensions_and_channels, trace_module
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
@@ -386,6 +387,29 @@ def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
     return list(unique.values())
 
 
+def size_analysis(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None,
+                  name: Optional[str] = None) -> Analysis:
+    """The sizes-and-domain half of :func:`shapecalc.analyze`: every node's
+    predicted value and the exact set of valid sizes, without the crop, merge
+    and resampling audits.  Verification checks only sizes and domains, and
+    on nets with many merges those audits are most of the analysis time."""
+    name = name or type(model).__name__
+    spec = parse_input_spec(input) if isinstance(input, str) else input
+    try:
+        graph_module = trace_module(model)
+        dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
+        spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
+        count = len(spec.sizes)
+        input_tensor = SymbolicTensor((sympy.Integer(1), sympy.Integer(channels or inferred_channels or 3), *spec.sizes),
+                                      tuple(range(2, 2 + count)), (IDENTITY,) * count)
+        domain = Domain(spec.symbols)
+        interpreter = SizeInterpreter(graph_module, domain)
+        interpreter.run(input_tensor)
+    except ShapecalcError as error:
+        raise _with_context(error, name, spec) from error
+    return Analysis(name, spec, input_tensor, [], {}, [], domain, interpreter.notes, graph_module)
+
+
 def _load(model, kwargs, width, device):
     """(name, analysed module on meta, real module on device, device)."""
     if isinstance(model, nn.Module):
@@ -417,7 +441,7 @@ def prepare(model: Union[str, nn.Module], input: Optional[str] = None, *, device
         dimensions, _ = spatial_dimensions_and_channels(graph_module)
         input = DEFAULT_INPUTS.get(dimensions or 2, "HxW")
     spec = parse_input_spec(input) if isinstance(input, str) else input
-    analysis = analyze(graph_module, spec, channels=channels, name=name)
+    analysis = size_analysis(graph_module, spec, channels=channels, name=name)
     return ForwardChecker(analysis, real, device)
 
 

@@ -104,3 +104,22 @@ def test_dimensionality_comes_from_the_architecture():
     # no layer with a kernel says the net is 3-d: the input spec must
     slicing = Step("slice", options=(("bounds", ((None, 1, 2),) * 3),))
     assert _assert_agrees(Architecture(3, 3, (slicing,))).valid
+
+
+def test_centre_crop_with_a_negative_start():
+    # (a - H) // 2 is 0 at H = 1 and negative above: Python counts it from
+    # the end.  The Piecewise of the two cases lost its first branch (a branch
+    # was dropped when its condition failed for *some* size, not for all).
+    pool = Step("functional", options=(("function", "avg_pool"), ("kernel_size", 4), ("padding", 1),
+                                       ("ceil_mode", True)))
+    crop = Step("merge", options=(("op", "sub"), ("crop", "center"), ("cut", "current")), source=0)
+    assert _assert_agrees(Architecture(1, 1, (pool, crop))).valid
+
+
+def test_avg_pool3d_needs_the_unpadded_input_to_cover_the_kernel():
+    pool = Step("functional", options=(("function", "avg_pool"), ("kernel_size", 4), ("padding", (1, 1, 0))))
+    result = _assert_agrees(Architecture(3, 1, (pool,)))
+    assert min(result.valid) == 4
+    # avg_pool2d pads first: H = 2 runs
+    flat = Step("functional", options=(("function", "avg_pool"), ("kernel_size", 4), ("padding", 1)))
+    assert min(_assert_agrees(Architecture(2, 1, (flat,))).valid) == 2
