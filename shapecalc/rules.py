@@ -563,6 +563,10 @@ def broadcast_size(ctx, a, b):
                 f"sizes {format_expr(a)} and {format_expr(b)} must match (or one be 1)")
     if ctx.always(equal):
         return a
+    if ctx.always(ge(a, 1)) and ctx.always(ge(b, 1)):
+        # Equal or one of them 1, and neither 0: the larger one, a form the
+        # JSON contract allows (Piecewise is not in it).
+        return ctx.simplify(largest(a, b))
     return sympy.Piecewise((b, eq(a, 1)), (a, True))
 
 

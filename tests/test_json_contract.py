@@ -69,6 +69,17 @@ MODELS_SOURCE = textwrap.dedent('''
             return self.conv(x)[:, :, 3:60, -40:]
 
 
+    class Skip(nn.Module):
+        # x + up(down(x)): equal sizes for even H, broadcasting at H = 1
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 3, 2, stride=2)
+
+        def forward(self, x):
+            return x + self.up(self.down(x))
+
+
     class Net1d(nn.Module):
         def __init__(self):
             super().__init__()
@@ -99,6 +110,7 @@ CASES = {
     "unet-odd-HxW": ("{file}:TinyUNet", ["rounding=1"], "HxW"),
     "fixed-crop-HxW": ("{file}:FixedCrop", [], "HxW"),
     "net1d-L": ("{file}:Net1d", [], "L"),
+    "skip-H": ("{file}:Skip", [], "H"),
 }
 
 _cache: dict = {}
@@ -154,10 +166,12 @@ def value_at(expr: sympy.Expr, at: dict) -> int:
 
 
 def in_domain(domain: dict, symbol: str, n: int) -> bool:
-    """Membership as the contract defines it: n is valid iff it is at least
-    the smallest valid size of its residue class."""
-    smallest = domain[symbol]["min"][str(n % domain[symbol]["period"])]
-    return smallest is not None and n >= smallest
+    """Membership from the JSON alone: n lies in one of the intervals of its
+    residue class (``min`` is the first one's start; the set need not be
+    upward closed, e.g. ``H = 1`` or even)."""
+    entry = domain[symbol]
+    intervals = entry["intervals"][str(n % entry["period"])]
+    return any(lo <= n and (hi is None or n <= hi) for lo, hi in intervals)
 
 
 class ShapeRecorder(torch.fx.Interpreter):
@@ -219,6 +233,10 @@ def test_required_keys_and_types(case, models_file):
         assert sorted(smallest, key=int) == [str(r) for r in range(period)]
         for residue, n in smallest.items():
             assert n is None or (type(n) is int and n >= 1 and n % period == int(residue))
+            intervals = domain[name]["intervals"][residue]
+            assert n == (intervals[0][0] if intervals else None)
+            for lo, hi in intervals:
+                assert lo % period == int(residue) and (hi is None or (hi >= lo and hi % period == int(residue)))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -346,3 +364,13 @@ def test_concrete_input_has_numbers_and_no_domain_symbols(models_file):
     assert all(e.lstrip("-").isdigit() for layer in data["layers"] for e in layer["spatial"])
     assert [k for k, v in data["domain"].items() if isinstance(v, dict) and "period" in v] == []
     assert data["outputs"]["out"]["spatial"] == ["48", "48"]
+
+
+def test_broadcasting_merge_and_a_periodic_domain(models_file):
+    """x + up(down(x)) runs for even H, and at H = 1 by broadcasting: the size
+    is written with ceiling (it was a Piecewise, outside the contract) and
+    the domain is periodic and not upward closed."""
+    data, _, _ = contract("skip-H", models_file)
+    assert data["outputs"]["output"]["spatial"] == ["2*ceiling(H/2)"] * 2
+    assert data["domain"]["H"] == {"period": 2, "min": {"0": 2, "1": 1},
+                                   "intervals": {"0": [[2, None]], "1": [[1, 1]]}}
