@@ -35,7 +35,7 @@ def _console():
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="bundled name (fcn8s, deeplabv3), package.module:factory or path/to/file.py:factory")
+    parser.add_argument("model", metavar="MODEL", help="bundled name (fcn8s, deeplabv3), package.module:factory or path/to/file.py:factory")
     parser.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the model factory (repeatable), e.g. --arg backbone=resnet101")
     parser.add_argument("--channels", type=int, default=None, metavar="N",

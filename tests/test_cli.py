@@ -409,6 +409,8 @@ def test_trace_help(capsys):
     for word in ("usage: shapecalc trace", "MODEL", "--input", "SPEC", "--format", "table", "markdown", "json",
                  "--arg", "KEY=VALUE", "--channels", "package.module:factory", "path/to/file.py:factory"):
         assert word in out
+    usage = out.split("\n\n")[0]
+    assert "MODEL" in usage and "--input SPEC" in usage
 
 
 def test_no_command_prints_usage_and_exits_2(capsys):
