@@ -208,9 +208,9 @@ def free_size_symbols(expr) -> set[sympy.Symbol]:
 
 
 def _numeric_difference(a: sympy.Expr, b: sympy.Expr):
+    # no sympy.expand: it descends into every FloorDiv (milliseconds); sizes
+    # are sums of terms with numeric coefficients, which ``-`` already combines
     difference = a - b
-    if not difference.is_Number:
-        difference = sympy.expand(difference)
     return difference if difference.is_Number else None
 
 
