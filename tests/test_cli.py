@@ -306,6 +306,14 @@ BAD_MODULE = textwrap.dedent("""
         def forward(self, x):
             return self.conv(x)
 
+    class Never(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3)
+
+        def forward(self, x):
+            return torch.cat([x, self.conv(x)], 1)
+
     def raising():
         raise RuntimeError("the factory failed\\nwith a second line")
 
@@ -372,6 +380,7 @@ FILE_CASES = [
     ("{file}:Patches", "H", 2, ["unfold", "no size rule"]),
     ("{file}:Valid", "4", 1, ["conv", "4"]),
     ("{file}:Valid", "4x100", 1, ["conv"]),
+    ("{file}:Never", "H", 1, ["cat", "H vs H - 2"]),
 ]
 
 
