@@ -512,9 +512,10 @@ def cross_check(architecture: Architecture, sizes: Optional[Sequence[int]] = Non
     with torch.device("meta"):
         model = architecture.build().eval()
     try:
-        # one symbol on every axis; spelled out, since a net may not say its dimensionality
-        analysis = size_analysis(model, "x".join("H" * architecture.nd), channels=architecture.in_channels,
-                                 name="RandomNet")
+        # one symbol on every axis; the dimensionality is given, since a net
+        # that starts with a slice or a resize does not say it
+        analysis = size_analysis(model, "H", channels=architecture.in_channels, name="RandomNet",
+                                 dimensions=architecture.nd)
     except SizeError as error:
         # the engine says no size runs: torch must fail at every size
         result.never_runs = True

@@ -39,7 +39,9 @@ Interval = tuple[int, Optional[int]]  # inclusive; None means unbounded above
 
 
 def _normalise(intervals: Iterable[Interval]) -> tuple[Interval, ...]:
-    ordered = sorted((lo, hi) for lo, hi in intervals if hi is None or hi >= lo)
+    # key, not tuple order: (3, None) against (3, 7) would compare None with 7
+    ordered = sorted(((lo, hi) for lo, hi in intervals if hi is None or hi >= lo),
+                     key=lambda iv: (iv[0], math.inf if iv[1] is None else iv[1]))
     merged: list[list] = []
     for lo, hi in ordered:
         if merged and (merged[-1][1] is None or lo <= merged[-1][1] + 1):

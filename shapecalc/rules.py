@@ -468,6 +468,9 @@ def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
         n = shape[axis]
         size = n + left + right
         ctx.require(ge(size, 0), f"padding ({format_expr(left)}, {format_expr(right)}) crops more than the size {format_expr(n)}")
+        # PyTorch crops (negative sides) before it pads: "narrow(): length must be non-negative"
+        ctx.require(ge(n + smallest(left, 0) + smallest(right, 0), 0),
+                    f"cropping ({format_expr(left)}, {format_expr(right)}) is more than the size {format_expr(n)}")
         if mode == "reflect":
             ctx.require(sympy.And(gt(n, left), gt(n, right)), f"reflect padding must be smaller than the input ({format_expr(n)})")
         elif mode in ("replicate", "circular"):

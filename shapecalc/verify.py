@@ -388,17 +388,19 @@ def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
 
 
 def size_analysis(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None,
-                  name: Optional[str] = None) -> Analysis:
+                  name: Optional[str] = None, dimensions: Optional[int] = None) -> Analysis:
     """The sizes-and-domain half of :func:`shapecalc.analyze`: every node's
     predicted value and the exact set of valid sizes, without the crop, merge
     and resampling audits.  Verification checks only sizes and domains, and
-    on nets with many merges those audits are most of the analysis time."""
+    on nets with many merges those audits are most of the analysis time.
+    ``dimensions`` (spatial axes) overrides what the first layer says."""
     name = name or type(model).__name__
     spec = parse_input_spec(input) if isinstance(input, str) else input
     try:
         graph_module = trace_module(model)
-        dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
-        spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
+        inferred_dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
+        dimensions = dimensions or inferred_dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes))
+        spec = spec.for_dimensions(dimensions)
         count = len(spec.sizes)
         input_tensor = SymbolicTensor((sympy.Integer(1), sympy.Integer(channels or inferred_channels or 3), *spec.sizes),
                                       tuple(range(2, 2 + count)), (IDENTITY,) * count)

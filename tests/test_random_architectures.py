@@ -123,3 +123,25 @@ def test_avg_pool3d_needs_the_unpadded_input_to_cover_the_kernel():
     # avg_pool2d pads first: H = 2 runs
     flat = Step("functional", options=(("function", "avg_pool"), ("kernel_size", 4), ("padding", 1)))
     assert min(_assert_agrees(Architecture(2, 1, (flat,))).valid) == 2
+
+
+def test_broadcasting_merge_whose_domain_has_overlapping_intervals():
+    # x - skip[5:5+n] broadcasts where one side is 1 wide: the union of the
+    # cases had intervals starting at the same k, and sorting them compared
+    # None (unbounded) with an int
+    conv = _layer("Conv3d", in_channels=1, out_channels=2, kernel_size=5, stride=4, padding=(2, 3, 0))
+    crop = Step("merge", options=(("op", "sub"), ("crop", "fixed"), ("cut", "skip"), ("offset", 5)), source=0)
+    assert _assert_agrees(Architecture(3, 1, (Step("layer", (conv,)), crop))).valid
+
+
+def test_one_dimensional_net_without_a_kernel_layer():
+    # nothing in the graph says "1-d": the check must not default to 2-d
+    resize = Step("resize", options=(("q", 2), ("m", 2), ("c", 2)))
+    assert _assert_agrees(Architecture(1, 3, (resize, Step("slice", options=(("bounds", ((2, -2, None),)),))))).valid
+
+
+def test_negative_padding_crops_before_it_pads():
+    # F.pad(x, (-3, 2)) needs H >= 3 although H - 1 >= 0 already at H = 1
+    pad = Step("functional", options=(("function", "pad"), ("pad", (-3, 2)), ("mode", "constant")))
+    conv = _layer("Conv1d", in_channels=1, out_channels=1, kernel_size=1)
+    assert min(_assert_agrees(Architecture(1, 1, (pad, Step("layer", (conv,))))).valid) == 3
