@@ -43,6 +43,7 @@ DEVICE = "cuda" if ON_CUDA else "cpu"
 MODELS = {
     "fcn8s": ("fcn8s", fcn8s, {}, 1 / 32),
     "deeplabv3": ("deeplabv3", deeplabv3, {}, 1 / 16),
+    "deeplabv3-resnet101": ("deeplabv3", deeplabv3, {"backbone": "resnet101"}, 1 / 32),
     "deeplabv3-resnet101-os8": ("deeplabv3", deeplabv3, {"backbone": "resnet101", "output_stride": 8}, 1 / 32),
 }
 
@@ -224,6 +225,20 @@ def test_meta_sweep_width_with_height_fixed(key, sizes):
     analysis = analysis_of(key, 1.0)
     ran = _sweep(key, lambda n: (FIXED_HEIGHT, n), sizes)
     assert ran == [n for n in sizes if n in analysis.valid_sizes("W")] == list(sizes)
+
+
+@pytest.mark.parametrize("key", list(MODELS)[:2])
+def test_remembered_answers_equal_plain_meta_runs(key):
+    """The sweeps' shortcut (reusing an op's answer for the same argument
+    shapes) gives what running every op gives, sizes seen before or not."""
+    graph_module = analysis_of(key, 1.0).graph_module
+    remembering = MetaShapeRecorder(graph_module)
+    for height, width in [(37, 41), (38, 41), (37, 41), (600, 3), (601, 3)]:
+        remembering.shapes, plain = {}, ShapeRecorder(graph_module)
+        with torch.no_grad():
+            remembering.run(torch.empty(1, 3, height, width, device="meta"))
+            plain.run(torch.empty(1, 3, height, width, device="meta"))
+        assert remembering.shapes == plain.shapes
 
 
 def test_the_sweeps_cover_every_size():
