@@ -137,6 +137,9 @@ class SizeInterpreter(torch.fx.Interpreter):
 
     def __init__(self, module: torch.fx.GraphModule, domain: Domain):
         super().__init__(module, garbage_collect_values=False)
+        # run_node already names the node; torch's extra traceback imports
+        # torch._dynamo on the first error (seconds) only to log the graph.
+        self.extra_traceback = False
         self.domain = domain
         self.notes: list[str] = []
         self.crops: list[CropRecord] = []

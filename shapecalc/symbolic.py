@@ -64,7 +64,9 @@ def as_expr(value) -> sympy.Expr:
     if isinstance(value, int):
         return sympy.Integer(value)
     if isinstance(value, float):
-        return sympy.Rational(Fraction(value).limit_denominator(10**9)) if value != int(value) else sympy.Integer(int(value))
+        # A double is an exact (dyadic) rational; a nearby decimal is not the
+        # value Python computes with (int(90 * 0.7) is 62, not 63).
+        return sympy.Rational(*value.as_integer_ratio())
     if isinstance(value, Fraction):
         return sympy.Rational(value.numerator, value.denominator)
     raise TypeError(f"not a size: {value!r}")
@@ -413,7 +415,8 @@ def format_expr(expr) -> str:
 def parse_size_text(text: str) -> int:
     """A positive size given on the command line; no ``eval``, only digits."""
     text = text.strip()
-    if not text.isdigit():
+    # str.isdigit() also accepts '²' (int() rejects it) and other scripts' digits
+    if not (text.isascii() and text.isdigit()):
         raise InputSpecError(f"not a positive integer size: {text!r}")
     if len(text) > 9:
         raise InputSpecError(f"size {text} is too large (at most 999999999)")

@@ -166,6 +166,10 @@ def trace_module(model: nn.Module) -> torch.fx.GraphModule:
     """Trace with torch.fx; standard torch.nn layers stay leaves."""
     if isinstance(model, torch.fx.GraphModule):
         return model
+    if torch.fx.Tracer().is_leaf_module(model, ""):
+        # A bare torch.nn layer: its forward is not written to be traced
+        # (ConvTranspose branches on output_size); trace a call of it instead.
+        model = nn.Sequential(model)
     try:
         return torch.fx.symbolic_trace(model)
     except Exception as error:
@@ -182,23 +186,29 @@ def spatial_dimensions_and_channels(graph_module: torch.fx.GraphModule) -> tuple
     if not placeholders:
         return None, None
     frontier, seen = [placeholders[0]], set()
+    # MaxPool1d, BatchNorm3d, F.max_pool1d...: the name says how many spatial axes
+    dims = None
     while frontier:
         node = frontier.pop(0)
         for user in node.users:
             if user in seen:
                 continue
             seen.add(user)
+            named = type(graph_module.get_submodule(user.target)).__name__ if user.op == "call_module" \
+                else str(getattr(user.target, "__name__", ""))
+            if dims is None and named[-2:] in ("1d", "2d", "3d"):
+                dims = int(named[-2])
             if user.op == "call_module":
                 module = graph_module.get_submodule(user.target)
                 kernel = getattr(module, "kernel_size", None)
                 channels = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
                 if kernel is not None and channels is not None:
-                    nd = len(kernel) if isinstance(kernel, tuple) else None
+                    nd = len(kernel) if isinstance(kernel, tuple) else dims
                     return nd, channels
                 if channels is not None:
-                    return None, channels
+                    return dims, channels
             frontier.append(user)
-    return None, None
+    return dims, None
 
 
 def signature_of(factory) -> str:

@@ -1,0 +1,1066 @@
+"""Hypothesis strategies for models and layers whose sizes shapecalc derives.
+
+Like hypothesis' own ``extra`` modules: strategies are plural nouns, bounds
+are the keyword-only ``min_value`` / ``max_value``, and every argument is
+checked when the strategy is built, raising ``InvalidArgument`` that names it.
+
+* :func:`input_sizes` draws sizes from a model's exact valid domain.
+* :func:`conv_layers`, :func:`transposed_conv_layers`, :func:`pool_layers` and
+  :func:`resampling_layers` draw valid ``nn.Module`` layers.
+* :data:`OP_CASES` maps every key of :data:`shapecalc.rules.RULES` to a
+  function returning a strategy of :class:`OpCase`: small modules whose fx
+  graph calls exactly that key, for cross-checking the rule against torch.
+  Adding an op means one rule in ``rules.py`` plus one entry here.
+
+This module imports hypothesis; ``import shapecalc`` does not import it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from . import rules
+from ._errors import ShapecalcError
+from .analysis import Analysis, analyze
+from .symbolic import evaluate
+
+# len() and int() of a traced value are recorded as graph calls only for the
+# modules that ask: these two are the cases' own forward code.
+torch.fx.wrap("len")
+torch.fx.wrap("int")
+
+__all__ = [
+    "OP_CASES", "OpCase", "conv_layers", "input_sizes", "pool_layers", "resampling_layers",
+    "transposed_conv_layers",
+]
+
+
+# ---------------------------------------------------------------------------
+# argument validation
+
+
+def _check_integer(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name}={value!r} must be an int")
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"{name}={value!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"{name}={value!r} must be at most {maximum}")
+
+
+def _check_dims(dims) -> None:
+    _check_integer(dims, "dims")
+    if dims not in (1, 2, 3):
+        raise InvalidArgument(f"dims={dims!r} must be 1, 2 or 3")
+
+
+def _check_choices(values, name: str, allowed) -> tuple:
+    if isinstance(values, str) or not isinstance(values, (tuple, list, frozenset, set)):
+        raise InvalidArgument(f"{name}={values!r} must be a tuple of strings")
+    values = tuple(values)
+    if not values:
+        raise InvalidArgument(f"{name} must not be empty")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise InvalidArgument(f"{name} has unknown entries {unknown!r}; choose from {sorted(allowed)!r}")
+    return values
+
+
+# ---------------------------------------------------------------------------
+# input sizes
+
+
+@dataclass(frozen=True)
+class _Progression:
+    """Sizes first, first + step, ..., count of them."""
+
+    first: int
+    step: int
+    count: int
+
+    def size(self, index: int) -> int:
+        return self.first + self.step * index
+
+
+def _progressions(valid, min_value: int, max_value: int) -> list[_Progression]:
+    found = []
+    for residue, intervals in enumerate(valid.classes):
+        for lo, hi in intervals:
+            first_k = max(lo, -((residue - min_value) // valid.period))  # ceil((min_value - r)/P)
+            last_k = (max_value - residue) // valid.period
+            if hi is not None:
+                last_k = min(last_k, hi)
+            if last_k >= first_k:
+                found.append(_Progression(valid.period * first_k + residue, valid.period, last_k - first_k + 1))
+    # sampled_from shrinks to its first element: the smallest valid size.
+    return sorted(found, key=lambda p: p.first)
+
+
+def input_sizes(model_or_analysis, symbol: str = "H", *, min_value: int = 1, max_value: int = 1024):
+    """Sizes of ``symbol`` in ``[min_value, max_value]`` for which the model runs.
+
+    ``model_or_analysis`` is an ``nn.Module`` (analysed with ``--input symbol``)
+    or an :class:`~shapecalc.Analysis`.  Draws come from the exact valid set
+    (every residue class and interval of ``Analysis.valid_sizes``), so they
+    never need filtering; the smallest valid size is the one draws shrink to.
+    """
+    _check_integer(min_value, "min_value", 1)
+    _check_integer(max_value, "max_value", min_value)
+    if not isinstance(symbol, str) or not symbol.isidentifier():
+        raise InvalidArgument(f"symbol={symbol!r} must be a size name such as 'H'")
+    if isinstance(model_or_analysis, Analysis):
+        analysis = model_or_analysis
+    elif isinstance(model_or_analysis, nn.Module):
+        try:
+            analysis = analyze(model_or_analysis, symbol)
+        except ShapecalcError as error:
+            raise InvalidArgument(f"model_or_analysis cannot be analysed: {error}") from error
+    else:
+        raise InvalidArgument(
+            f"model_or_analysis={model_or_analysis!r} must be an nn.Module or a shapecalc Analysis")
+    try:
+        valid = analysis.valid_sizes(symbol)
+    except KeyError as error:
+        raise InvalidArgument(f"symbol={symbol!r} is not an input symbol of the analysis: {error.args[0]}") from None
+    progressions = _progressions(valid, min_value, max_value)
+    if not progressions:
+        raise InvalidArgument(
+            f"no valid {symbol} between min_value={min_value} and max_value={max_value} "
+            f"(the model runs for {valid.describe(symbol)})")
+    strategy = st.sampled_from(progressions).flatmap(
+        lambda p: st.integers(0, p.count - 1).map(p.size))
+    # Requirements the periodic procedure could not decide are checked per draw.
+    pending = [r.condition for r in analysis.domain.undecided
+               if {str(s) for s in r.condition.free_symbols} == {symbol}]
+    if pending:
+        (sym,) = pending[0].free_symbols
+        strategy = strategy.filter(lambda n: all(evaluate(c, {sym: n}) for c in pending))
+    return strategy
+
+
+# ---------------------------------------------------------------------------
+# layer configurations
+
+
+def _axis_values(dims: int, elements) -> st.SearchStrategy:
+    """One value for every axis (an int) or a tuple with one per axis."""
+    return st.one_of(elements, st.tuples(*[elements] * dims)) if dims > 1 else elements
+
+
+def _per_axis(value, dims: int) -> tuple:
+    return tuple(value) if isinstance(value, tuple) else (value,) * dims
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_AVGPOOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def conv_layers(dims: int = 2, *, in_channels: int = 1, max_out_channels: int = 3, max_kernel_size: int = 5,
+                max_stride: int = 3, max_dilation: int = 3, padding_modes=_PADDING_MODES):
+    """``nn.Conv{dims}d`` layers with random kernel, stride, padding (numbers,
+    ``'same'`` when unstrided, ``'valid'``), dilation, groups and padding mode."""
+    _check_dims(dims)
+    _check_integer(in_channels, "in_channels", 1)
+    _check_integer(max_out_channels, "max_out_channels", 1)
+    _check_integer(max_kernel_size, "max_kernel_size", 1)
+    _check_integer(max_stride, "max_stride", 1)
+    _check_integer(max_dilation, "max_dilation", 1)
+    modes = _check_choices(padding_modes, "padding_modes", _PADDING_MODES)
+
+    @st.composite
+    def layers(draw):
+        kernel = draw(_axis_values(dims, st.integers(1, max_kernel_size)))
+        stride = draw(_axis_values(dims, st.integers(1, max_stride)))
+        dilation = draw(_axis_values(dims, st.integers(1, max_dilation)))
+        unstrided = all(s == 1 for s in _per_axis(stride, dims))
+        padding = draw(st.one_of(
+            _axis_values(dims, st.integers(0, max_kernel_size)),
+            st.sampled_from(("same", "valid") if unstrided else ("valid",))))
+        groups = draw(st.sampled_from([g for g in range(1, in_channels + 1) if in_channels % g == 0]))
+        out_channels = groups * draw(st.integers(1, max(1, max_out_channels // groups)))
+        return _CONV[dims](in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, bias=draw(st.booleans()), padding_mode=draw(st.sampled_from(modes)))
+
+    return layers()
+
+
+def transposed_conv_layers(dims: int = 2, *, in_channels: int = 1, max_out_channels: int = 3,
+                           max_kernel_size: int = 5, max_stride: int = 3, max_dilation: int = 3):
+    """``nn.ConvTranspose{dims}d`` layers, ``output_padding`` below stride or
+    dilation as torch requires; padding may exceed the kernel (then small
+    inputs give empty outputs, which the domain must exclude)."""
+    _check_dims(dims)
+    _check_integer(in_channels, "in_channels", 1)
+    _check_integer(max_out_channels, "max_out_channels", 1)
+    _check_integer(max_kernel_size, "max_kernel_size", 1)
+    _check_integer(max_stride, "max_stride", 1)
+    _check_integer(max_dilation, "max_dilation", 1)
+
+    @st.composite
+    def layers(draw):
+        kernel = draw(st.tuples(*[st.integers(1, max_kernel_size)] * dims))
+        stride = draw(st.tuples(*[st.integers(1, max_stride)] * dims))
+        dilation = draw(st.tuples(*[st.integers(1, max_dilation)] * dims))
+        padding = draw(st.tuples(*[st.integers(0, max_kernel_size)] * dims))
+        output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+        groups = draw(st.sampled_from([g for g in range(1, in_channels + 1) if in_channels % g == 0]))
+        out_channels = groups * draw(st.integers(1, max(1, max_out_channels // groups)))
+        compact = (lambda v: v[0] if len(set(v)) == 1 else v)
+        return _TRANSPOSED[dims](in_channels, out_channels, compact(kernel), stride=compact(stride),
+                                 padding=compact(padding), output_padding=compact(output_padding), groups=groups,
+                                 bias=draw(st.booleans()), dilation=compact(dilation))
+
+    return layers()
+
+
+@st.composite
+def _pool_parameters(draw, dims: int, max_kernel_size: int, max_stride: int, max_dilation: int):
+    kernel = draw(_axis_values(dims, st.integers(1, max_kernel_size)))
+    # torch: "pad should be at most half of effective kernel size" (of k, not d(k-1)+1)
+    padding = tuple(draw(st.integers(0, k // 2)) for k in _per_axis(kernel, dims))
+    if len(set(padding)) == 1 and draw(st.booleans()):
+        padding = padding[0]
+    stride = draw(st.one_of(st.none(), _axis_values(dims, st.integers(1, max_stride))))
+    dilation = draw(_axis_values(dims, st.integers(1, max_dilation)))
+    return kernel, stride, padding, dilation, draw(st.booleans())
+
+
+def pool_layers(dims: int = 2, *, kinds=("max", "avg"), max_kernel_size: int = 4, max_stride: int = 3,
+                max_dilation: int = 2):
+    """``nn.MaxPool{dims}d`` / ``nn.AvgPool{dims}d`` layers: kernel, stride
+    (or the kernel's default), padding at most half the kernel as torch
+    requires, dilation (max pooling), ``ceil_mode`` and ``count_include_pad``."""
+    _check_dims(dims)
+    kinds = _check_choices(kinds, "kinds", ("max", "avg"))
+    _check_integer(max_kernel_size, "max_kernel_size", 1)
+    _check_integer(max_stride, "max_stride", 1)
+    _check_integer(max_dilation, "max_dilation", 1)
+
+    @st.composite
+    def layers(draw):
+        kind = draw(st.sampled_from(kinds))
+        kernel, stride, padding, dilation, ceil_mode = draw(
+            _pool_parameters(dims, max_kernel_size, max_stride, max_dilation if kind == "max" else 1))
+        if kind == "max":
+            return _MAXPOOL[dims](kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+        return _AVGPOOL[dims](kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=draw(st.booleans()))
+
+    return layers()
+
+
+_RESAMPLING_MODES = {
+    1: ("nearest", "nearest-exact", "linear", "area"),
+    2: ("nearest", "nearest-exact", "bilinear", "bicubic", "area"),
+    3: ("nearest", "nearest-exact", "trilinear", "area"),
+}
+_ALIGNABLE = ("linear", "bilinear", "bicubic", "trilinear")
+#: dyadic rationals: PyTorch's double-precision floor(n * f) is then exact
+DYADIC_SCALE_FACTORS = (0.25, 0.5, 0.75, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+@st.composite
+def _resampling_parameters(draw, dims: int, modes, max_size: int, scale_factors):
+    mode = draw(st.sampled_from(modes))
+    align_corners = draw(st.sampled_from((None, False, True))) if mode in _ALIGNABLE else None
+    if draw(st.booleans()):
+        size = draw(_axis_values(dims, st.integers(1, max_size)))
+        return dict(size=size, mode=mode, align_corners=align_corners)
+    factor = draw(_axis_values(dims, st.sampled_from(scale_factors)))
+    recompute = draw(st.sampled_from((None, True)))
+    return dict(scale_factor=factor, mode=mode, align_corners=align_corners, recompute_scale_factor=recompute)
+
+
+def resampling_layers(dims: int = 2, *, modes=None, max_size: int = 32, scale_factors=DYADIC_SCALE_FACTORS):
+    """``nn.Upsample`` layers: a fixed ``size`` or a dyadic ``scale_factor``
+    (per axis or shared), any mode valid for ``dims``, ``align_corners`` where
+    the mode has it, and ``recompute_scale_factor``."""
+    _check_dims(dims)
+    modes = _check_choices(modes if modes is not None else _RESAMPLING_MODES[dims], "modes", _RESAMPLING_MODES[dims])
+    _check_integer(max_size, "max_size", 1)
+    if isinstance(scale_factors, (str, bytes)) or not isinstance(scale_factors, (tuple, list)) or not scale_factors:
+        raise InvalidArgument(f"scale_factors={scale_factors!r} must be a non-empty tuple of numbers")
+    for f in scale_factors:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
+            raise InvalidArgument(f"scale_factors has {f!r}; every factor must be a positive number")
+        denominator = float(f).as_integer_ratio()[1]
+        if denominator & (denominator - 1):
+            raise InvalidArgument(
+                f"scale_factors has {f!r}, not a dyadic rational: torch rounds n*{f} in floating point")
+    return _resampling_parameters(dims, modes, max_size, tuple(scale_factors)).map(lambda kw: nn.Upsample(**kw))
+
+
+# ---------------------------------------------------------------------------
+# cross-check cases: one module per rule key
+
+
+@dataclass(frozen=True, repr=False)
+class OpCase:
+    """A module whose traced graph calls ``key``, fed ``(1, channels, *sizes)``
+    with ``dims`` spatial axes.  ``text`` is its forward pass in one line."""
+
+    key: Any
+    module: nn.Module
+    channels: int
+    dims: int
+    text: str
+    needs_cuda: bool = False
+
+    def __repr__(self) -> str:
+        return f"OpCase({rules.key_name(self.key)}: {self.text}; channels={self.channels}, dims={self.dims})"
+
+
+class _Call(nn.Module):
+    """``forward(x) = function(self, x)``: fx traces through ``function``."""
+
+    def __init__(self, function: Callable, text: str, modules=None, tensors=None):
+        super().__init__()
+        self.function = function
+        self.text = text
+        for name, module in (modules or {}).items():
+            setattr(self, name, module)
+        for name, tensor in (tensors or {}).items():
+            self.register_buffer(name, tensor)
+
+    def forward(self, x):
+        return self.function(self, x)
+
+    def extra_repr(self) -> str:
+        return self.text
+
+
+def _retargeted(module: nn.Module, find, op: str, target, swap: bool = False) -> torch.fx.GraphModule:
+    """Trace ``module`` and turn its first call of ``find`` into ``op``/``target``
+    (for keys fx never records on its own: ``x.__radd__(2)``, ``F.sigmoid``)."""
+    graph_module = torch.fx.symbolic_trace(module)
+    for node in graph_module.graph.nodes:
+        if node.target is find or node.target == find and isinstance(find, str):
+            node.op, node.target = op, target
+            if swap:
+                node.args = (node.args[1], node.args[0], *node.args[2:])
+            break
+    else:
+        raise AssertionError(f"{module.text}: no call of {find!r} to retarget")
+    graph_module.recompile()
+    return graph_module
+
+
+OP_CASES: dict[Any, Callable[[], st.SearchStrategy]] = {}
+
+
+def _cases(*keys):
+    """Register ``factory(key)`` as the case strategy of every key."""
+
+    def register(factory):
+        for key in dict.fromkeys(keys):
+            if key in OP_CASES:
+                raise ValueError(f"two case factories for {key!r}")
+            OP_CASES[key] = functools.partial(factory, key)
+        return factory
+
+    return register
+
+
+def _name(key) -> str:
+    return rules.key_name(key)
+
+
+def _dims_of(key, default=(1, 2, 3)) -> tuple:
+    text = key.__name__ if isinstance(key, type) else getattr(key, "__name__", str(key))
+    for nd in (1, 2, 3):
+        if text.endswith(f"{nd}d"):
+            return (nd,)
+    return default
+
+
+_channel_counts = st.integers(1, 3)
+
+
+def _pre_layers(dims: int):
+    """Nothing, or a small pool in front of the op: its input is then a
+    floor expression, not the bare symbol.  A 1-d case always has one: a
+    one-part input (``H``) means a square image unless a layer says 1-d."""
+    pools = pool_layers(dims, max_kernel_size=3, max_stride=2)
+    return pools if dims == 1 else st.one_of(st.none(), pools)
+
+
+def _pre_text(pre) -> str:
+    return "x" if pre is None else "pre(x)"
+
+
+def _call_case(key, dims, channels, function, text, pre=None, modules=None, tensors=None, **extra):
+    modules = dict(modules or {})
+    if pre is not None:
+        modules["pre"] = pre
+
+    def forward(self, x, function=function):
+        return function(self, self.pre(x) if pre is not None else x)
+
+    if pre is not None:
+        text = f"{text} with pre={pre!r}"
+    module = _Call(forward, text, modules, tensors).eval()
+    return OpCase(key, module, channels, dims, text, **extra)
+
+
+# --- convolutions -----------------------------------------------------------
+
+
+@_cases(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@st.composite
+def _conv_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(conv_layers(nd, in_channels=c))
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.conv1d, F.conv2d, F.conv3d)
+@st.composite
+def _functional_conv_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(conv_layers(nd, in_channels=c, padding_modes=("zeros",)))
+    weight = torch.randn(layer.weight.shape)
+    bias = torch.randn(layer.out_channels) if draw(st.booleans()) else None
+    stride, padding, dilation, groups = layer.stride, layer.padding, layer.dilation, layer.groups
+    pre = draw(_pre_layers(nd))
+
+    def forward(self, x):
+        return key(x, self.weight, self.bias if bias is not None else None, stride, padding, dilation, groups)
+
+    text = f"{_name(key)}({_pre_text(pre)}, weight{tuple(weight.shape)}, stride={stride}, padding={padding!r}, dilation={dilation}, groups={groups})"
+    return _call_case(key, nd, c, forward, text, pre, tensors={"weight": weight, "bias": bias})
+
+
+@_cases(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@st.composite
+def _transposed_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(transposed_conv_layers(nd, in_channels=c))
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+# --- pooling ------------------------------------------------------------------
+
+
+@_cases(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+@st.composite
+def _pool_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(pool_layers(nd, kinds=("max",) if key.__name__.startswith("Max") else ("avg",)))
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
+        F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+@st.composite
+def _functional_pool_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    is_max = "max" in key.__name__
+    kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 2 if is_max else 1))
+    pre = draw(_pre_layers(nd))
+    if key in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
+        call = functools.partial(key, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
+                                 ceil_mode=ceil_mode)
+    elif is_max:  # torch.max_poolNd: stride=[] means "the kernel"
+        call = lambda x: key(x, kernel, stride if stride is not None else [], padding, dilation, ceil_mode)  # noqa: E731
+    else:
+        include_pad = draw(st.booleans())
+        call = lambda x: key(x, kernel, stride if stride is not None else kernel, padding, ceil_mode, include_pad)  # noqa: E731
+    text = f"{_name(key)}({_pre_text(pre)}, kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode})"
+    return _call_case(key, nd, c, lambda self, x: call(x), text, pre)
+
+
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_ADAPTIVE_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+                       F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+
+
+@_cases(*_ADAPTIVE_MODULES, *_ADAPTIVE_FUNCTIONS)
+@st.composite
+def _adaptive_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    targets = st.integers(1, 6) if nd == 1 else st.one_of(st.integers(1, 6), st.none())
+    output_size = draw(st.integers(1, 6)) if nd == 1 else draw(st.one_of(
+        st.integers(1, 6), st.tuples(*[targets] * nd)))
+    pre = draw(_pre_layers(nd))
+    if isinstance(key, type):
+        layer = key(output_size)
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    text = f"{_name(key)}({_pre_text(pre)}, {output_size!r})"
+    return _call_case(key, nd, c, lambda self, x: key(x, output_size), text, pre)
+
+
+# --- resampling ------------------------------------------------------------
+
+
+@_cases(F.interpolate, F.upsample, nn.Upsample)
+@st.composite
+def _resampling_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key is nn.Upsample:
+        layer = draw(resampling_layers(nd))
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    kwargs = draw(_resampling_parameters(nd, _RESAMPLING_MODES[nd], 32, DYADIC_SCALE_FACTORS))
+    if key is F.upsample:
+        kwargs.pop("recompute_scale_factor", None)  # F.upsample predates it
+    # size= taken from the input before `pre`: resize back to the input size
+    back_to_input = pre is not None and "size" in kwargs and draw(st.booleans())
+    if back_to_input:
+        del kwargs["size"]
+
+    def forward(self, x):
+        size = {"size": x.shape[2:]} if back_to_input else {}
+        y = self.pre(x) if pre is not None else x
+        return F.interpolate(y, **size, **kwargs)
+
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    text = f"{_name(key)}({_pre_text(pre)}{', size=x.shape[2:]' if back_to_input else ''}, {shown})"
+    if pre is not None:
+        text = f"{text} with pre={pre!r}"
+    module = _Call(forward, text, {"pre": pre} if pre is not None else {}).eval()
+    if key is F.upsample:
+        module = _retargeted(module, F.interpolate, "call_function", F.upsample)
+    return OpCase(key, module, c, nd, text)
+
+
+# --- padding ------------------------------------------------------------------
+
+_PAD_MODULES = {
+    "constant": (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
+    "reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
+    "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
+    "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d),
+}
+
+
+def _pad_amounts(mode: str):
+    # Negative amounts crop; constant padding may crop a size to 0.
+    return st.integers(-3, 4) if mode == "constant" else st.integers(-1, 4)
+
+
+@_cases(*[m for group in _PAD_MODULES.values() for m in group])
+@st.composite
+def _pad_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    mode = next(mode for mode, group in _PAD_MODULES.items() if key in group)
+    c = draw(_channel_counts)
+    padding = draw(st.one_of(_pad_amounts(mode), st.tuples(*[_pad_amounts(mode)] * (2 * nd))))
+    layer = key(padding, 0.5) if key.__name__.startswith("Constant") else key(padding)
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.pad)
+@st.composite
+def _functional_pad_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    mode = draw(st.sampled_from(("constant", "reflect", "replicate", "circular")))
+    # non-constant modes pad every spatial axis (torch's supported lengths)
+    axes = draw(st.integers(1, nd + 1)) if mode == "constant" else nd
+    pad = draw(st.tuples(*[_pad_amounts(mode)] * (2 * axes)))
+    pre = draw(_pre_layers(nd))
+    text = f"F.pad({_pre_text(pre)}, {pad}, mode={mode!r})"
+    return _call_case(key, nd, c, lambda self, x: F.pad(x, pad, mode=mode), text, pre)
+
+
+# --- shape-preserving ops ------------------------------------------------------
+
+
+def _pointwise_module(key, c: int, nd: int, draw):
+    if key is nn.PReLU:
+        return nn.PReLU(draw(st.sampled_from((1, c))))
+    if key is nn.GroupNorm:
+        return nn.GroupNorm(draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0])), c)
+    if key in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+        return key(c, affine=draw(st.booleans()), track_running_stats=draw(st.booleans()))
+    if key is nn.LayerNorm:
+        return nn.LayerNorm(draw(st.lists(st.integers(1, 5), min_size=1, max_size=nd).map(tuple)))
+    if key is nn.LocalResponseNorm:
+        return nn.LocalResponseNorm(draw(st.integers(1, 3)))
+    if key in (nn.Softmax, nn.LogSoftmax):
+        return key(dim=draw(st.integers(-nd - 2, nd + 1)))
+    if key in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
+        return key(draw(st.sampled_from((0.0, 0.5))))
+    if key is nn.LeakyReLU:
+        return nn.LeakyReLU(0.1)
+    return key()
+
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.LocalResponseNorm,
+    nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm,
+)
+_POINTWISE_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.softplus, F.softmax, F.log_softmax, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid, F.tanh,
+    F.group_norm, F.instance_norm, F.layer_norm, torch.relu, torch.sigmoid, torch.tanh, torch.softmax,
+    torch.log_softmax, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.clamp, F.normalize,
+)
+_POINTWISE_METHODS = (
+    "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "clamp", "clamp_", "softmax", "log_softmax",
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as", "cuda", "cpu",
+    "requires_grad_", "mul_", "add_", "div_",
+)
+
+
+@_cases(*_POINTWISE_MODULES)
+@st.composite
+def _pointwise_module_cases(draw, key):
+    if key is nn.Softmax2d:
+        dims = (2,)
+    elif key is nn.Dropout1d:
+        dims = (1,)
+    elif key is nn.Dropout2d:
+        dims = (2,)
+    elif key is nn.Dropout3d:
+        dims = (3,)
+    else:
+        dims = _dims_of(key)
+    nd = draw(st.sampled_from(dims))
+    c = draw(_channel_counts)
+    layer = _pointwise_module(key, c, nd, draw)
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+def _pointwise_call(key, c: int, nd: int, draw) -> tuple[Callable, str, dict]:
+    """The call of a pointwise function ``key`` as (call(self, x), text, buffers)."""
+    name = _name(key)
+    if key in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize):
+        dim = draw(st.integers(-nd - 2, nd + 1))
+        return (lambda self, x: key(x, dim)), f"{name}(x, {dim})", {}
+    if key is F.group_norm:
+        groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+        return (lambda self, x: F.group_norm(x, groups)), f"F.group_norm(x, {groups})", {}
+    if key is F.layer_norm:
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=nd)))
+        return (lambda self, x: F.layer_norm(x, shape)), f"F.layer_norm(x, {shape})", {}
+    if key is F.instance_norm:
+        if draw(st.booleans()):
+            return (lambda self, x: F.instance_norm(x)), "F.instance_norm(x)", {}
+        call = lambda self, x: F.instance_norm(x, self.mean, self.var, use_input_stats=False)  # noqa: E731
+        return call, "F.instance_norm(x, mean, var, use_input_stats=False)", {"mean": torch.zeros(c), "var": torch.ones(c)}
+    if key in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+        return (lambda self, x: key(x, 0.5, False)), f"{name}(x, 0.5, training=False)", {}
+    if key is F.leaky_relu:
+        return (lambda self, x: F.leaky_relu(x, 0.2)), "F.leaky_relu(x, 0.2)", {}
+    if key is torch.clamp:
+        return (lambda self, x: torch.clamp(x, min=0.0, max=1.0)), "torch.clamp(x, 0, 1)", {}
+    if key is torch.sqrt:
+        return (lambda self, x: torch.sqrt(x.abs())), "torch.sqrt(x.abs())", {}
+    return (lambda self, x: key(x)), f"{name}(x)", {}
+
+
+#: functions fx records as something else (F.sigmoid calls x.sigmoid())
+_TRACED_AS = {F.sigmoid: ("call_method", "sigmoid"), F.tanh: ("call_method", "tanh")}
+
+
+@_cases(*_POINTWISE_FUNCTIONS)
+@st.composite
+def _pointwise_function_cases(draw, key):
+    dims = {F.dropout1d: (1,), F.dropout2d: (2,), F.dropout3d: (3,)}.get(key, (1, 2, 3))
+    nd = draw(st.sampled_from(dims))
+    c = draw(_channel_counts)
+    call, text, tensors = _pointwise_call(key, c, nd, draw)
+    pre = draw(_pre_layers(nd))
+    case = _call_case(key, nd, c, call, text.replace("(x", f"({_pre_text(pre)}", 1), pre, tensors=tensors)
+    if key in _TRACED_AS:
+        op, target = _TRACED_AS[key]
+        return OpCase(key, _retargeted(case.module, target, "call_function", key), c, nd, case.text)
+    return case
+
+
+_METHOD_ARGUMENTS = {
+    "clamp": ((), {"min": 0.0}), "clamp_": ((), {"max": 1.0}), "softmax": ((1,), {}), "log_softmax": ((-1,), {}),
+    "to": ((torch.float64,), {}), "type": ((torch.float64,), {}), "mul_": ((2.0,), {}), "add_": ((1.0,), {}),
+    "div_": ((2.0,), {}),
+}
+
+
+@_cases(*_POINTWISE_METHODS)
+@st.composite
+def _pointwise_method_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    args, kwargs = _METHOD_ARGUMENTS.get(key, ((), {}))
+    pre = draw(_pre_layers(nd))
+    if key == "type_as":
+        call = lambda self, x: x.type_as(x.double())  # noqa: E731
+        text = f"{_pre_text(pre)}.type_as({_pre_text(pre)}.double())"
+    elif key == "sqrt":
+        call = lambda self, x: x.abs().sqrt()  # noqa: E731
+        text = f"{_pre_text(pre)}.abs().sqrt()"
+    else:
+        call = lambda self, x: getattr(x, key)(*args, **kwargs)  # noqa: E731
+        shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        text = f"{_pre_text(pre)}.{key}({shown})"
+    return _call_case(key, nd, c, call, text, pre, needs_cuda=key == "cuda")
+
+
+@_cases(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, F.batch_norm)
+@st.composite
+def _batch_norm_cases(draw, key):
+    nd = draw(st.sampled_from(_dims_of(key)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key is F.batch_norm:
+        text = f"F.batch_norm({_pre_text(pre)}, running_mean, running_var, training=False)"
+        call = lambda self, x: F.batch_norm(x, self.running_mean, self.running_var, training=False)  # noqa: E731
+        return _call_case(key, nd, c, call, text, pre,
+                          tensors={"running_mean": torch.zeros(c), "running_var": torch.ones(c)})
+    layer = key(c).eval()
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+# --- arithmetic and merges -------------------------------------------------------
+
+_BINARY = {
+    operator.add: operator.add, torch.add: operator.add, "add": operator.add, "__add__": operator.add,
+    "__radd__": operator.add, operator.sub: operator.sub, torch.sub: operator.sub, "sub": operator.sub,
+    "__sub__": operator.sub, "__rsub__": operator.sub, operator.mul: operator.mul, torch.mul: operator.mul,
+    "mul": operator.mul, "__mul__": operator.mul, "__rmul__": operator.mul, operator.truediv: operator.truediv,
+    torch.div: operator.truediv, torch.true_divide: operator.truediv, "div": operator.truediv,
+    "__truediv__": operator.truediv, operator.floordiv: operator.floordiv, "__floordiv__": operator.floordiv,
+    torch.maximum: torch.maximum, torch.minimum: torch.minimum,
+}
+#: dunder methods fx records as operator calls; the case retargets the node
+_DUNDER = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__floordiv__"}
+
+
+def _binary_call(key) -> Callable:
+    """``call(a, b)`` calling exactly ``key`` (dunders are retargeted later)."""
+    if key in _DUNDER or callable(key) and key.__module__ == "_operator":
+        return _BINARY[key]
+    if isinstance(key, str):
+        return lambda a, b: getattr(a, key)(b)
+    return key
+
+
+def _branch_layers(nd: int):
+    """A second path from the same tensor: its sizes may differ (then the
+    merge's domain is where they agree or one is 1)."""
+    global_pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[nd]
+    return st.one_of(pool_layers(nd, max_kernel_size=3, max_stride=2),
+                     st.builds(nn.Identity), st.builds(global_pool, st.just(1)))
+
+
+@_cases(*_BINARY)
+@st.composite
+def _binary_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    call = _binary_call(key)
+    swap = key in ("__radd__", "__rsub__", "__rmul__")
+    tensor_only = key in (torch.maximum, torch.minimum)
+    forms = ["scalar", "reduced", "branch"] if not tensor_only else ["reduced", "branch"]
+    if callable(key) and getattr(key, "__module__", None) == "_operator" or key == "__floordiv__":
+        forms.append("size")
+    if key in _DUNDER:
+        forms = ["scalar"]
+    form = draw(st.sampled_from(forms))
+    s = _pre_text(pre)
+    modules = {}
+    if form == "scalar":
+        scalar = draw(st.sampled_from((2, 3, 0.5)))
+        body = (lambda self, x: call(scalar, x)) if swap else (lambda self, x: call(x, scalar))
+        text = f"{s}.{key}({scalar})" if key in _DUNDER else f"{_name(key)}({s}, {scalar})"
+    elif form == "reduced":
+        axis = draw(st.integers(2, nd + 1))
+        body = lambda self, x: call(x, x.amax(axis, keepdim=True))  # noqa: E731
+        text = f"{_name(key)}({s}, {s}.amax({axis}, keepdim=True))"
+    elif form == "branch":
+        modules["branch"] = draw(_branch_layers(nd))
+        first = draw(st.booleans())
+        body = (lambda self, x: call(x, self.branch(x))) if first else (lambda self, x: call(self.branch(x), x))
+        text = f"{_name(key)}({s}, branch({s}))" if first else f"{_name(key)}(branch({s}), {s})"
+        text += f" with branch={modules['branch']!r}"
+    else:
+        # sizes: x[..., :size op c] on the last axis, exercising the rule on ints
+        c2 = draw(st.integers(1, 4))
+        body = lambda self, x: x[..., : call(x.size(-1), c2)]  # noqa: E731
+        if key in (operator.truediv,):
+            body = lambda self, x: x[..., : int(call(x.size(-1), c2))]  # noqa: E731
+        text = f"{s}[..., :{_name(key)}({s}.size(-1), {c2})]"
+    case = _call_case(key, nd, c, body, text, pre, modules)
+    if key in _DUNDER:
+        module = _retargeted(case.module, call, "call_method", key, swap=swap)
+        return OpCase(key, module, c, nd, case.text)
+    return case
+
+
+@_cases(operator.mod, operator.neg)
+@st.composite
+def _size_arithmetic_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    q = draw(st.integers(1, 5))
+    if key is operator.mod:
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x % q), f"x % {q}"
+        else:
+            body, text = (lambda self, x: x[..., x.size(-1) % q:]), f"x[..., x.size(-1) % {q}:]"
+    elif draw(st.booleans()):
+        body, text = (lambda self, x: -x), "-x"
+    else:
+        body, text = (lambda self, x: x[..., -(x.size(-1) // q):]), f"x[..., -(x.size(-1) // {q}):]"
+    return _call_case(key, nd, c, body, text.replace("x", _pre_text(pre)), pre)
+
+
+@_cases(torch.cat, torch.concat, torch.concatenate, torch.stack)
+@st.composite
+def _concatenation_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    branch = draw(st.one_of(_branch_layers(nd), conv_layers(nd, in_channels=c, max_kernel_size=3, max_stride=2,
+                                                            padding_modes=("zeros",))))
+    dim = draw(st.integers(-(nd + 2), nd + 1)) if key is not torch.stack else draw(st.integers(-(nd + 3), nd + 2))
+    call = (lambda a, b: key((a, b), dim=dim)) if key is not torch.concatenate else (lambda a, b: key((a, b), axis=dim))
+    first = draw(st.booleans())
+    body = (lambda self, x: call(x, self.branch(x))) if first else (lambda self, x: call(self.branch(x), x))
+    s = _pre_text(pre)
+    pair = f"{s}, branch({s})" if first else f"branch({s}), {s}"
+    text = f"{_name(key)}(({pair}), {dim}) with branch={branch!r}"
+    return _call_case(key, nd, c, body, text, pre, {"branch": branch})
+
+
+# --- sizes and indexing ----------------------------------------------------------
+
+
+@st.composite
+def _slice_bounds(draw, axis: int):
+    """A slice of ``axis``: None, a constant (negative or past the end), or
+    computed from ``x.size(axis)``; traced slices carry the size nodes."""
+    def bound():
+        return st.one_of(
+            st.none(),
+            st.integers(-12, 12).map(lambda v: ("const", v)),
+            st.tuples(st.sampled_from(("minus", "half", "neg_half")), st.integers(0, 5)))
+    return draw(bound()), draw(bound()), draw(st.sampled_from((None, 1, 2, 3)))
+
+
+def _bound_value(x, axis: int, spec):
+    if spec is None:
+        return None
+    kind, v = spec
+    if kind == "const":
+        return v
+    n = x.size(axis)
+    if kind == "minus":
+        return n - v
+    if kind == "half":
+        return n // 2 + v
+    return -(n // 2) - v
+
+
+def _bound_text(axis: int, spec) -> str:
+    if spec is None:
+        return ""
+    kind, v = spec
+    return {"const": f"{v}", "minus": f"x.size({axis}) - {v}", "half": f"x.size({axis}) // 2 + {v}",
+            "neg_half": f"-(x.size({axis}) // 2) - {v}"}[kind]
+
+
+@_cases(operator.getitem)
+@st.composite
+def _getitem_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    slices = [draw(_slice_bounds(axis)) for axis in range(2, 2 + nd)]
+    channel = draw(st.sampled_from(("all", "index", "newaxis", "ellipsis")))
+
+    def body(self, x):
+        spatial = tuple(slice(_bound_value(x, a, lo), _bound_value(x, a, hi), step)
+                        for a, (lo, hi, step) in zip(range(2, 2 + nd), slices))
+        if channel == "index":
+            return x[:, 0, *spatial]
+        if channel == "newaxis":
+            return x[:, None, :, *spatial]
+        if channel == "ellipsis":
+            return x[..., *spatial]
+        return x[:, :, *spatial]
+
+    shown = ", ".join(f"{_bound_text(a, lo)}:{_bound_text(a, hi)}" + (f":{step}" if step else "")
+                      for a, (lo, hi, step) in zip(range(2, 2 + nd), slices))
+    head = {"all": ":, :, ", "index": ":, 0, ", "newaxis": ":, None, :, ", "ellipsis": "..., "}[channel]
+    text = f"x[{head}{shown}]" if pre is None else f"x = pre(x); x[{head}{shown}]"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("size", "dim", builtins.getattr, builtins.len, builtins.int)
+@st.composite
+def _size_query_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    v = draw(st.integers(0, 3))
+    if key == "size":
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : x.size()[-1] - v]), f"x[..., :x.size()[-1] - {v}]"
+        else:
+            body, text = (lambda self, x: x[:, :, x.size(2) // 2:]), "x[:, :, x.size(2) // 2:]"
+    elif key == "dim":
+        body, text = (lambda self, x: x.sum(x.dim() - 1, keepdim=True)), "x.sum(x.dim() - 1, keepdim=True)"
+    elif key is builtins.getattr:
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : x.shape[-1] - v]), f"x[..., :x.shape[-1] - {v}]"
+        else:
+            body, text = (lambda self, x: x.sum(x.ndim - 1)), "x.sum(x.ndim - 1)"
+    elif key is builtins.len:
+        body, text = (lambda self, x: x[:, :, : len(x.shape) + v]), f"x[:, :, :len(x.shape) + {v}]"
+    else:
+        factor = draw(st.sampled_from((0.5, 0.3, 1.5, 0.1)))
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : int(x.size(-1) * factor)]), f"x[..., :int(x.size(-1) * {factor})]"
+        else:
+            body, text = (lambda self, x: x[..., : int(x.size(-1) / (v + 2))]), f"x[..., :int(x.size(-1) / {v + 2})]"
+    return _call_case(key, nd, c, body, text if pre is None else f"x = pre(x); {text}", pre)
+
+
+# --- reshaping ----------------------------------------------------------------
+
+
+@_cases("view", "reshape", torch.reshape)
+@st.composite
+def _reshape_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    call = (lambda x, *s: torch.reshape(x, s)) if key is torch.reshape else (lambda x, *s: getattr(x, key)(*s))
+    form = draw(st.sampled_from(("same", "merge", "split_channels", "fixed_last")))
+    if form == "same":
+        body = lambda self, x: call(x, *[x.size(a) for a in range(nd + 2)])  # noqa: E731
+        text = f"(x, {', '.join(f'x.size({a})' for a in range(nd + 2))})"
+    elif form == "merge":
+        body = lambda self, x: call(x, x.size(0), x.size(1), -1)  # noqa: E731
+        text = "(x, x.size(0), x.size(1), -1)"
+    elif form == "split_channels":
+        body = lambda self, x: call(x, x.size(0), 1, x.size(1), *[x.shape[a] for a in range(2, nd + 2)])  # noqa: E731
+        text = f"(x, x.size(0), 1, x.size(1), {', '.join(f'x.shape[{a}]' for a in range(2, nd + 2))})"
+    else:
+        last = draw(st.integers(1, 4))
+        body = lambda self, x: call(x, 1, c, -1, last)  # noqa: E731
+        text = f"(x, 1, {c}, -1, {last})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.replace('x', _pre_text(pre))}", pre)
+
+
+@_cases(torch.flatten, "flatten", nn.Flatten)
+@st.composite
+def _flatten_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    start = draw(st.integers(0, nd + 1))
+    end = draw(st.integers(start, nd + 1)) - (nd + 2) * draw(st.booleans())
+    if key is nn.Flatten:
+        layer = nn.Flatten(start, end)
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    if key is torch.flatten:
+        body = lambda self, x: torch.flatten(x, start, end)  # noqa: E731
+    else:
+        body = lambda self, x: x.flatten(start, end)  # noqa: E731
+    return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {start}, {end})", pre)
+
+
+@_cases(nn.Linear)
+@st.composite
+def _linear_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    flatten = nd == 1 and draw(st.booleans())
+    # on the last (spatial) axis: the domain is the one size that matches
+    layer = nn.Linear(draw(st.integers(1, 6)) * (c if flatten else 1), draw(st.integers(1, 3)))
+    if flatten:
+        return _call_case(key, nd, c, lambda self, x: self.op(x.flatten(1)),
+                          f"{layer!r}({_pre_text(pre)}.flatten(1))", pre, {"op": layer})
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases("permute", torch.permute, "transpose", torch.transpose)
+@st.composite
+def _reorder_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key in ("permute", torch.permute):
+        order = tuple(draw(st.permutations(range(nd + 2))))
+        order = tuple(a - (nd + 2) if draw(st.booleans()) else a for a in order)
+        body = (lambda self, x: x.permute(*order)) if key == "permute" else (lambda self, x: torch.permute(x, order))
+        text = f"{_name(key)}({_pre_text(pre)}, {order})"
+    else:
+        a, b = draw(st.integers(-(nd + 2), nd + 1)), draw(st.integers(-(nd + 2), nd + 1))
+        body = (lambda self, x: x.transpose(a, b)) if key == "transpose" else (lambda self, x: torch.transpose(x, a, b))
+        text = f"{_name(key)}({_pre_text(pre)}, {a}, {b})"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("unsqueeze", torch.unsqueeze, "squeeze", torch.squeeze)
+@st.composite
+def _rank_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key in ("unsqueeze", torch.unsqueeze):
+        dim = draw(st.integers(-(nd + 3), nd + 2))
+        body = (lambda self, x: x.unsqueeze(dim)) if key == "unsqueeze" else (lambda self, x: torch.unsqueeze(x, dim))
+        return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {dim})", pre)
+    # squeeze the batch axis, or a spatial axis pooled to size 1
+    pooled = draw(st.booleans())
+    dim = draw(st.integers(2, nd + 1)) if pooled else draw(st.sampled_from((0, (0,), -(nd + 2))))
+    squeeze = (lambda t: t.squeeze(dim)) if key == "squeeze" else (lambda t: torch.squeeze(t, dim))
+    if pooled:
+        body = lambda self, x: squeeze(x.amax(dim, keepdim=True))  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}.amax({dim}, keepdim=True), {dim})"
+    else:
+        body = lambda self, x: squeeze(x)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {dim})"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin)
+@st.composite
+def _reduction_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    axes = draw(st.lists(st.integers(1, nd + 1), min_size=1, max_size=nd + 1, unique=True))
+    dim = axes[0] if len(axes) == 1 and draw(st.booleans()) else tuple(axes)
+    keepdim = draw(st.booleans())
+    if isinstance(key, str):
+        body = lambda self, x: getattr(x, key)(dim, keepdim=keepdim)  # noqa: E731
+        text = f"{_pre_text(pre)}.{key}({dim}, keepdim={keepdim})"
+    else:
+        body = lambda self, x: key(x, dim, keepdim=keepdim)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {dim}, keepdim={keepdim})"
+    return _call_case(key, nd, c, body, text, pre)

@@ -1,0 +1,385 @@
+"""Every size rule against torch.
+
+For each key of ``rules.RULES`` a hypothesis cross-check draws a module from
+``shapecalc.strategies.OP_CASES`` whose graph calls that key, analyses it with
+a symbolic input, and compares every node's predicted shape (and every size
+value) with a real forward pass at drawn sizes.  The domain is checked both
+ways: where torch raises the engine must exclude the size, where torch runs it
+must include it; a concrete-size analysis must agree and raise ``SizeError``
+exactly when torch raises.  Focused tests then pin the size facts of
+docs/GEOMETRY against torch on brute-force grids (meta tensors).
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from fractions import Fraction
+
+import pytest
+import sympy
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from shapecalc import SizeError, UnsupportedOpError, analyze, size_symbol
+from shapecalc import rules
+from shapecalc.propagate import META_KEY
+from shapecalc.strategies import OP_CASES, OpCase, input_sizes
+from shapecalc.symbolic import evaluate
+from shapecalc.tensors import SymbolicTensor
+from shapecalc.verify import size_analysis
+
+# int() of a traced size is a graph call only where a module asks for it
+torch.fx.wrap("int")
+
+SPECS = {1: "H", 2: "HxW", 3: "DxHxW"}
+LARGEST = {1: 64, 2: 48, 3: 10}
+
+# Rules with many size paths get more examples; the pointwise aliases share
+# one rule and need only a few each.
+EXAMPLES = {
+    "convolution": 40, "functional_convolution": 15, "transposed_convolution": 40, "max_pooling": 40,
+    "average_pooling": 30, "functional_max_pooling": 15, "functional_average_pooling": 15, "adaptive_pooling": 8,
+    "functional_adaptive_pooling": 6, "interpolate": 30, "upsample": 40, "functional_pad": 30,
+    "padding_module": 8, "getitem": 80, "reshape": 12, "concatenate": 12, "stack": 15, "size": 10,
+    "add": 6, "subtract": 5, "multiply": 5, "divide": 5, "floor_divide": 6, "modulo": 10, "negate": 10,
+    "to_int": 15, "length": 6, "attribute": 8, "flatten": 8, "flatten_module": 8, "linear": 12,
+    "permute": 6, "transpose": 6, "unsqueeze": 6, "squeeze": 8, "reduction": 5, "elementwise_pair": 8,
+}
+DEFAULT_EXAMPLES = 3
+
+
+# ---------------------------------------------------------------------------
+# the torch side
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the graph on real tensors and keeps every node's value."""
+
+    def __init__(self, graph_module):
+        super().__init__(graph_module, garbage_collect_values=False)
+        self.extra_traceback = False  # else the first error imports torch._dynamo
+        self.values = {}
+
+    def run_node(self, n):
+        value = super().run_node(n)
+        self.values[n.name] = value
+        return value
+
+
+def torch_values(graph_module, channels: int, sizes: tuple, device: str = "cpu"):
+    """Every node's value in a real forward pass, or the exception torch raised."""
+    x = torch.randn(1, channels, *sizes, device=device)
+    recorder = _Recorder(graph_module)
+    try:
+        with torch.no_grad():
+            recorder.run(x)
+    except Exception as error:  # noqa: BLE001 - any torch failure is a size verdict
+        return error
+    if device == "cpu" and any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in recorder.values.values()):
+        # oneDNN's grouped transposed conv returns an empty tensor where every
+        # other kernel (and the meta shape check) rejects the size: ask meta.
+        on_meta = torch_values(graph_module.to("meta"), channels, sizes, "meta")
+        graph_module.to("cpu")
+        if isinstance(on_meta, Exception):
+            return on_meta
+    return recorder.values
+
+
+def node_key(node: torch.fx.Node, graph_module):
+    if node.op == "call_module":
+        return type(graph_module.get_submodule(node.target))
+    if node.op in ("call_function", "call_method"):
+        return node.target
+    return None
+
+
+def same_key(a, b) -> bool:
+    return a is b or (isinstance(a, str) and a == b)
+
+
+# ---------------------------------------------------------------------------
+# comparing engine values with torch values
+
+
+def assert_same(engine, real, env, where: str) -> None:
+    if isinstance(real, torch.Tensor):
+        assert isinstance(engine, SymbolicTensor), f"{where}: engine has {engine!r} for a tensor"
+        predicted = tuple(evaluate(s, env) for s in engine.shape)
+        assert predicted == tuple(real.shape), f"{where}: engine {engine.shape} = {predicted}, torch {tuple(real.shape)}"
+        assert all(0 <= a < len(predicted) for a in engine.spatial), f"{where}: spatial axes {engine.spatial}"
+    elif isinstance(real, (tuple, list, torch.Size)):
+        assert isinstance(engine, (tuple, list)) and len(engine) == len(real), f"{where}: {engine!r} vs {real!r}"
+        for i, (e, r) in enumerate(zip(engine, real)):
+            assert_same(e, r, env, f"{where}[{i}]")
+    elif isinstance(real, bool) or real is None or isinstance(real, (torch.dtype, str)):
+        return
+    elif isinstance(real, (int, float)):
+        value = evaluate(engine, env) if isinstance(engine, (sympy.Basic, int, Fraction)) else engine
+        if isinstance(real, float):
+            # Python divides in double precision, the engine keeps the exact
+            # rational: the correctly rounded double of it is Python's result.
+            value = float(value)
+        assert value == real, f"{where}: engine {engine} = {value}, torch {real}"
+
+
+def engine_accepts(analysis, env) -> bool:
+    """Is ``env`` inside the engine's exact domain?"""
+    for symbol in analysis.symbols:
+        if env[symbol] not in analysis.valid_sizes(symbol):
+            return False
+    return all(evaluate(r.condition, env) for r in analysis.domain.undecided)
+
+
+def graph_values(graph_module) -> dict:
+    return {n.name: n.meta[META_KEY] for n in graph_module.graph.nodes if META_KEY in n.meta}
+
+
+def concrete_spec(sizes) -> str:
+    return "x".join(map(str, sizes))
+
+
+def axis_sizes(dims: int):
+    return st.one_of(st.sampled_from((1, 2, 3, 5, 7, 8)), st.integers(1, LARGEST[dims]))
+
+
+def cross_check(case: OpCase, data) -> None:
+    """Everything a rule must satisfy for one drawn case."""
+    module, dims = case.module, case.dims
+    symbols = [size_symbol(s) for s in SPECS[dims].split("x")]
+    try:
+        # sizes and domain only: the crop/merge/resample audits are not rules
+        analysis = size_analysis(module, SPECS[dims], channels=case.channels, dimensions=dims)
+    except SizeError:
+        analysis = None  # a constant requirement failed: torch must fail at every size
+    graph_module = analysis.graph_module if analysis else torch.fx.symbolic_trace(module) \
+        if not isinstance(module, torch.fx.GraphModule) else module
+    assert any(same_key(node_key(n, graph_module), case.key) for n in graph_module.graph.nodes), \
+        f"{case!r}: the traced graph never calls {rules.key_name(case.key)}"
+    symbolic = graph_values(graph_module) if analysis else {}
+
+    probes = data.draw(st.lists(st.tuples(*[axis_sizes(dims)] * dims), min_size=3, max_size=4), label="sizes")
+    if analysis is not None:
+        try:
+            probes.append(data.draw(st.tuples(*[input_sizes(analysis, str(s), max_value=LARGEST[dims])
+                                                for s in analysis.symbols]), label="valid sizes"))
+        except InvalidArgument:
+            pass  # no valid size that small
+    for sizes in probes:
+        env = dict(zip(symbols, sizes))
+        real = torch_values(graph_module, case.channels, sizes)
+        torch_ran = not isinstance(real, Exception)
+        if analysis is not None:
+            accepted = engine_accepts(analysis, env)
+            assert accepted == torch_ran, (
+                f"{case!r} at {sizes}: torch {'runs' if torch_ran else f'raises {real!r}'}, "
+                f"engine domain {'includes' if accepted else 'excludes'} it ({analysis.validity_sentence()})")
+        else:
+            assert not torch_ran, f"{case!r}: engine says it never runs, torch runs at {sizes}"
+        if torch_ran:
+            for name, value in real.items():
+                assert_same(symbolic[name], value, env, f"{case!r} at {sizes}, node {name}")
+        try:
+            concrete = analyze(module, concrete_spec(sizes), channels=case.channels)
+        except SizeError as error:
+            assert not torch_ran, f"{case!r} at {sizes}: concrete analysis raises {error} but torch runs"
+            continue
+        assert torch_ran, f"{case!r} at {sizes}: torch raises {real!r}, concrete analysis does not"
+        for name, value in real.items():
+            assert_same(graph_values(concrete.graph_module)[name], value, {}, f"{case!r} at {sizes} (concrete), node {name}")
+
+
+# ---------------------------------------------------------------------------
+# the registry walk
+
+
+def test_every_rule_key_has_a_cross_check_case():
+    missing = [rules.key_name(key) for key in rules.RULES if key not in OP_CASES]
+    assert not missing, f"rules without an OP_CASES entry in shapecalc/strategies.py: {missing}"
+    extra = [repr(key) for key in OP_CASES if key not in rules.RULES]
+    assert not extra, f"OP_CASES entries without a rule: {extra}"
+
+
+KEYS = list(rules.RULES)
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[rules.key_name(k) for k in KEYS])
+def test_rule_matches_torch(key):
+    if key == "cuda" and not torch.cuda.is_available():
+        pytest.skip("Tensor.cuda needs a CUDA device")
+    examples = EXAMPLES.get(rules.RULES[key].name, DEFAULT_EXAMPLES)
+
+    @settings(max_examples=examples)
+    @given(case=OP_CASES[key](), data=st.data())
+    def check(case, data):
+        cross_check(case, data)
+
+    check()
+
+
+# ---------------------------------------------------------------------------
+# GEOMETRY facts, brute force against torch
+
+
+def meta_size(layer, n: int):
+    """Output length of ``layer`` on a 1-d input of length n, or None if torch raises."""
+    try:
+        return layer(torch.empty(1, 1, n, device="meta")).shape[-1]
+    except RuntimeError:
+        return None
+
+
+def test_ceil_mode_pool_drops_a_window_starting_in_the_padding():
+    layer = nn.MaxPool2d(2, 2, padding=1, ceil_mode=True)
+    assert layer(torch.empty(1, 1, 7, 7, device="meta")).shape[-2:] == (4, 4)
+    analysis = analyze(layer, "7")
+    assert analysis.layers[-1].spatial == (4, 4)
+    H = size_symbol("H")
+    symbolic = analyze(layer, "H").layers[-1].spatial[0]
+    assert evaluate(symbolic, {H: 7}) == 4
+
+
+def test_pool_sizes_match_torch_on_a_grid():
+    """Every (k, s, p, d, ceil_mode) with p <= k/2 and n in 1..24."""
+    H = size_symbol("H")
+    checked = 0
+    for k, s, d, ceil_mode in itertools.product(range(1, 5), range(1, 4), range(1, 4), (False, True)):
+        for p in range(0, k // 2 + 1):
+            layer = nn.MaxPool1d(k, s, p, d, ceil_mode=ceil_mode)
+            size, numerator = rules.pooled_size(H, k, s, p, d, ceil_mode)
+            for n in range(1, 25):
+                expected = meta_size(layer, n)
+                runs = evaluate(numerator, {H: n}) >= 0
+                assert runs == (expected is not None), (k, s, p, d, ceil_mode, n)
+                if expected is not None:
+                    assert evaluate(size, {H: n}) == expected, (k, s, p, d, ceil_mode, n)
+                    # GEOMETRY.md's two-step statement of the same rule
+                    reach = n + 2 * p - d * (k - 1) - 1
+                    out = (-(-reach // s) if ceil_mode else reach // s) + 1
+                    if ceil_mode and (out - 1) * s >= n + p:
+                        out -= 1
+                    assert out == expected
+                checked += 1
+    assert checked > 3000
+
+
+def test_avg_pool_sizes_match_torch_on_a_grid():
+    H = size_symbol("H")
+    for k, s, ceil_mode in itertools.product(range(1, 6), range(1, 4), (False, True)):
+        for p in range(0, k // 2 + 1):
+            layer = nn.AvgPool1d(k, s, p, ceil_mode=ceil_mode)
+            analysis = analyze(layer, "H", channels=1)
+            (size,) = analysis.layers[-1].spatial
+            for n in range(1, 25):
+                expected = meta_size(layer, n)
+                assert (n in analysis.valid_sizes("H")) == (expected is not None), (k, s, p, ceil_mode, n)
+                if expected is not None:
+                    assert evaluate(size, {H: n}) == expected, (k, s, p, ceil_mode, n)
+
+
+def test_transposed_conv_sizes_with_output_padding_and_dilation():
+    H = size_symbol("H")
+    for k, s, p, d in itertools.product(range(1, 5), range(1, 4), range(0, 4), range(1, 4)):
+        for output_padding in range(max(s, d)):
+            layer = nn.ConvTranspose1d(1, 1, k, s, p, output_padding, dilation=d, bias=False, device="meta")
+            analysis = analyze(layer, "H", channels=1)
+            (size,) = analysis.layers[-1].spatial
+            for n in (1, 2, 3, 4, 7, 10):
+                expected = meta_size(layer, n)
+                assert (n in analysis.valid_sizes("H")) == (expected is not None), (k, s, p, d, output_padding, n)
+                if expected is not None:
+                    assert evaluate(size, {H: n}) == expected
+                    assert expected == (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 0.75, 1.5, 2.0, 2.5, 3.0])
+def test_interpolate_with_a_scale_factor_floors(factor):
+    H = size_symbol("H")
+    layer = nn.Upsample(scale_factor=factor, mode="nearest")
+    analysis = analyze(layer, "H", channels=1)  # square: nothing says 1-d
+    size = analysis.layers[-1].spatial[0]
+    for n in range(1, 80):
+        expected = meta_size(layer, n)
+        assert (n in analysis.valid_sizes("H")) == (expected is not None), n
+        if expected is not None:
+            assert evaluate(size, {H: n}) == expected == int(Fraction(factor) * n)
+
+
+def test_interpolate_refuses_factors_that_round_in_floating_point():
+    with pytest.raises(UnsupportedOpError, match="dyadic"):
+        analyze(nn.Upsample(scale_factor=0.1), "H", channels=1)
+
+
+class _Slice(nn.Module):
+    def __init__(self, start, stop):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x):
+        return x[:, :, self.start:self.stop]
+
+
+@pytest.mark.parametrize("start", [None, -13, -5, -1, 0, 1, 3, 13])
+def test_slices_clamp_like_python(start):
+    """``x[a:b]`` never raises: bounds count from the end and clamp to [0, n]."""
+    H = size_symbol("H")
+    for stop in (None, -13, -4, -1, 0, 2, 5, 13):
+        analysis = analyze(_Slice(start, stop), "H", channels=1)
+        size = analysis.layers[-1].spatial[0]
+        for n in range(1, 17):
+            expected = torch.empty(1, 1, n, device="meta")[:, :, start:stop].shape[-1]
+            assert evaluate(size, {H: n}) == expected, (start, stop, n)
+            assert n in analysis.valid_sizes("H")
+
+
+def test_crop_that_does_not_fit_gives_a_shorter_tensor():
+    class Crop(nn.Module):
+        def forward(self, x):
+            return x[:, :, 5:5 + 8]
+
+    H = size_symbol("H")
+    size = analyze(Crop(), "H", channels=1).layers[-1].spatial[0]
+    for n in range(1, 20):
+        assert evaluate(size, {H: n}) == torch.empty(1, 1, n, device="meta")[:, :, 5:13].shape[-1]
+
+
+class _FloatCrop(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x[:, :, : int(x.size(2) * self.factor)]
+
+
+def test_int_of_a_float_product_is_what_python_computes():
+    # 90 * 0.7 is 62.99999999999999 in double precision: int() gives 62
+    assert analyze(_FloatCrop(0.7), "90x90", channels=1).layers[-1].spatial[0] == 62
+    with pytest.raises(UnsupportedOpError, match="double precision"):
+        analyze(_FloatCrop(0.7), "H", channels=1)
+    H = size_symbol("H")
+    size = analyze(_FloatCrop(0.75), "H", channels=1).layers[-1].spatial[0]
+    for n in range(1, 200):
+        assert evaluate(size, {H: n}) == torch.empty(1, 1, n, 1, device="meta")[:, :, : int(n * 0.75)].shape[2]
+
+
+class _CentreCrop(nn.Module):
+    """A centre crop whose offset goes negative when the input is small."""
+
+    def forward(self, x):
+        offset = int((x.size(2) - 10) / 3)
+        return x[:, :, offset + 4:]
+
+
+def test_int_truncates_toward_zero():
+    H = size_symbol("H")
+    size = analyze(_CentreCrop(), "H", channels=1).layers[-1].spatial[0]
+    for n in range(1, 40):
+        expected = torch.empty(1, 1, n, 1, device="meta")[:, :, int((n - 10) / 3) + 4:].shape[2]
+        assert evaluate(size, {H: n}) == expected, n
+        assert analyze(_CentreCrop(), f"{n}x1", channels=1).layers[-1].spatial[0] == expected
