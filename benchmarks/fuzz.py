@@ -8,7 +8,8 @@ input ``H`` (every spatial axis) and swept over 1..40, the edges of its
 domain and a few large sizes: torch must run exactly where the engine's
 domain says so, with every node's shape as predicted.  A validity
 disagreement that only the meta kernels show (the cpu kernel agrees with the
-engine) is counted apart.  One JSON line per finding goes to ``--out``; the
+engine) is counted apart, and so are sizes where torch's own kernels disagree
+(a transposed conv with one empty output axis).  One JSON line per finding goes to ``--out``; the
 summary goes to stdout.
 """
 
@@ -42,9 +43,11 @@ def check_seed(seed: int) -> dict:
         "seed": seed, "status": status, "nd": architecture.nd, "steps": len(architecture.steps),
         "sizes": len(result.sizes), "valid": len(result.valid), "never_runs": result.never_runs,
         "undecided": result.undecided, "nodes_compared": result.nodes_compared,
-        "meta_only": result.meta_only[:3], "engine_error": result.engine_error,
+        "meta_only": result.meta_only[:3], "torch_inconsistent": result.torch_inconsistent[:3],
+        "engine_error": result.engine_error,
         "disagreements": result.disagreements[:3],
-        "architecture": architecture.describe() if status != "agree" or result.meta_only else None,
+        "architecture": architecture.describe()
+        if status != "agree" or result.meta_only or result.torch_inconsistent else None,
     }
 
 
@@ -71,9 +74,10 @@ def main(argv=None) -> int:
                 totals[flag] += bool(record.get(flag))
             totals["with_valid_sizes"] += bool(record.get("valid"))
             totals["meta_only"] += bool(record.get("meta_only"))
+            totals["torch_inconsistent"] += bool(record.get("torch_inconsistent"))
             totals["sizes"] += record.get("sizes", 0)
             totals["nodes_compared"] += record.get("nodes_compared", 0)
-            if record["status"] != "agree" or record.get("meta_only"):
+            if record["status"] != "agree" or record.get("meta_only") or record.get("torch_inconsistent"):
                 out.write(json.dumps(record) + "\n")
                 out.flush()
             if done % 100 == 0 or done == args.count:

@@ -21,15 +21,19 @@ hypothesis is imported only by :func:`architectures`.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ._errors import ShapecalcError, SizeError
+from .trace import trace_module
+from .verify import _peak_elements
 
 _SPATIAL_NAMES = {1: "L", 2: "HW", 3: "DHW"}
 
@@ -466,13 +470,14 @@ class CrossCheck:
 
     architecture: Architecture
     sizes: list[int] = field(default_factory=list)
-    valid: list[int] = field(default_factory=list)       # sizes where torch ran
+    valid: list[int] = field(default_factory=list)       # sizes where torch ran (cpu's verdict where consulted)
     disagreements: list[str] = field(default_factory=list)
     engine_error: Optional[str] = None                    # the engine could not analyse the net
     never_runs: bool = False                              # the engine said no size is valid
     undecided: bool = False                               # the domain left conditions undecided
     nodes_compared: int = 0
     meta_only: list[str] = field(default_factory=list)    # meta kernels disagreed with cpu (and the engine)
+    torch_inconsistent: list[str] = field(default_factory=list)  # torch's own kernels disagree (see below)
 
     @property
     def agrees(self) -> bool:
@@ -520,12 +525,28 @@ def cross_check(architecture: Architecture, sizes: Optional[Sequence[int]] = Non
         # the engine says no size runs: torch must fail at every size
         result.never_runs = True
         result.sizes = list(sizes or range(1, SWEEP_LIMIT + 1)) + list(LARGE_SIZES)
+        graph_module = trace_module(model)
+        cpu_model = None
         for n in result.sizes:
-            if _runs(model, architecture, n):
-                result.valid.append(n)
-        if result.valid:
-            result.disagreements.append(
-                f"engine: never runs ({error.reason}); torch ran at H={result.valid[0]}")
+            shapes = _meta_shapes(graph_module, model, architecture, n)
+            if shapes is None:
+                continue
+            result.valid.append(n)
+            empty = _empty_transposed_output(graph_module, shapes)
+            if empty:
+                result.torch_inconsistent.append(f"H={n}: {empty}")
+                continue
+            lenient = _meta_accepts_empty_input(graph_module, shapes, architecture)
+            if lenient:
+                _meta_only(result, n, lenient, ran_on_cpu=False)
+                continue
+            if _peak_elements(shapes) <= CPU_CONFIRM_LIMIT:
+                cpu_model = cpu_model or architecture.build().eval()
+                if not _runs(cpu_model, architecture, n, "cpu"):
+                    _meta_only(result, n, "the engine says no size runs; torch ran on meta only", ran_on_cpu=False)
+                    continue
+            result.disagreements.append(f"engine: never runs ({error.reason}); torch ran at H={n}")
+            break
         return result
     except ShapecalcError as error:
         result.engine_error = f"{type(error).__name__}: {error.reason}"
@@ -542,17 +563,117 @@ def cross_check(architecture: Architecture, sizes: Optional[Sequence[int]] = Non
         mismatch = outcome.mismatch
         if mismatch is None:
             continue
-        if mismatch.kind in ("ran", "error") and outcome.peak_elements <= CPU_CONFIRM_LIMIT:
+        empty = mismatch.kind == "ran" and _empty_transposed_output(checker.graph_module, outcome.shapes)
+        if empty:
+            result.torch_inconsistent.append(f"H={n}: {empty}")
+            continue
+        lenient = mismatch.kind == "ran" and _meta_accepts_empty_input(checker.graph_module, outcome.shapes,
+                                                                      architecture)
+        if lenient:
+            _meta_only(result, n, lenient, ran_on_cpu=False)
+            continue
+        # the cpu run must stay small: "ran" knows every shape from the meta
+        # run, "error" stopped early and trusts the engine's prediction
+        peak = outcome.peak_elements if mismatch.kind == "ran" else _predicted_peak(checker, n)
+        if mismatch.kind in ("ran", "error") and peak <= CPU_CONFIRM_LIMIT:
             # Meta kernels check less than some cpu kernels (e.g. a transposed
             # conv with one empty output axis runs on meta, not on cpu): the
             # engine must agree with a real device.
             if not cpu_model:
                 cpu_model.append(architecture.build().eval())
             if _runs(cpu_model[0], architecture, n, "cpu") == outcome.claimed_valid:
-                result.meta_only.append(f"H={n}: {mismatch.message}")
+                _meta_only(result, n, mismatch.message, ran_on_cpu=outcome.claimed_valid)
                 continue
         result.disagreements.append(mismatch.describe())
     return result
+
+
+def _meta_only(result: CrossCheck, n: int, text: str, *, ran_on_cpu: bool) -> None:
+    """Meta and cpu disagree at ``n`` and cpu agrees with the engine: the
+    size counts as valid exactly when cpu ran it."""
+    result.meta_only.append(f"H={n}: {text}")
+    if ran_on_cpu and n not in result.valid:
+        result.valid.append(n)
+    if not ran_on_cpu and n in result.valid:
+        result.valid.remove(n)
+
+
+def _meta_shapes(graph_module, model, architecture: Architecture, n: int):
+    """Every node's shape in a meta forward pass at ``n``, or None if it fails."""
+    from .verify import _ShapeRecorder
+
+    recorder = _ShapeRecorder(graph_module, model)
+    try:
+        with torch.inference_mode():
+            recorder.run(torch.empty((1, architecture.in_channels) + (n,) * architecture.nd, device="meta"))
+    except Exception:
+        return None
+    return recorder.shapes
+
+
+def _predicted_peak(checker, n: int) -> float:
+    from .propagate import META_KEY
+    from .symbolic import evaluate
+    from .tensors import SymbolicTensor
+
+    env = {symbol: n for symbol in checker.analysis.symbols}
+    peak = 0
+    for node in checker.graph_module.graph.nodes:
+        value = node.meta.get(META_KEY)
+        if isinstance(value, SymbolicTensor):
+            try:
+                peak = max(peak, math.prod(max(int(evaluate(s, env)), 0) for s in value.shape))
+            except (TypeError, ValueError, KeyError):
+                return math.inf
+    return peak
+
+
+def _meta_accepts_empty_input(graph_module, shapes, architecture: Architecture) -> Optional[str]:
+    """A layer that ran on meta with an empty input or output axis which the
+    cpu kernel refuses (meta convs with padding and linear or cubic
+    resampling accept them).  The layer alone is re-run on cpu with its
+    recorded input: small, since an empty tensor has no elements."""
+    cpu_model = None
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or node.name not in shapes or not node.args:
+            continue
+        source = node.args[0]
+        shape = shapes.get(source.name) if isinstance(source, torch.fx.Node) else None
+        output = shapes.get(node.name)
+        if not isinstance(shape, tuple) or not isinstance(output, tuple):
+            continue
+        if not (0 in shape[2:] or 0 in output[2:]) or math.prod(shape) > CPU_CONFIRM_LIMIT:
+            continue
+        cpu_model = cpu_model or architecture.build().eval()
+        layer = cpu_model.get_submodule(node.target)
+        try:
+            with torch.inference_mode():
+                layer(torch.zeros(shape))
+        except Exception as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+            return (f"{node.name} ({type(layer).__name__}) ran on meta from {shape} to {output}; "
+                    f"cpu refuses: {reason}")
+    return None
+
+
+def _empty_transposed_output(graph_module, shapes) -> Optional[str]:
+    """A transposed conv that produced an empty axis (but not all empty).
+
+    torch's kernels disagree among themselves there: the cpu kernel refuses
+    it with groups=1 (and accepts it with groups > 1, or for a 1-wide input);
+    the meta kernel accepts it unless every axis is empty.  The engine
+    requires every output axis to be non-empty, which is what the common
+    path does; sizes where torch ran anyway are counted apart."""
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        shape = shapes.get(node.name)
+        if node.op != "call_module" or not isinstance(shape, tuple):
+            continue
+        if isinstance(modules.get(node.target), nn.modules.conv._ConvTransposeNd):
+            spatial = shape[2:]
+            if 0 in spatial and any(spatial):
+                return f"{node.name} ({type(modules[node.target]).__name__}) produced an empty axis: {shape}"
+    return None
 
 
 def _runs(model: nn.Module, architecture: Architecture, n: int, device: str = "meta") -> bool:

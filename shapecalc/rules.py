@@ -351,11 +351,14 @@ def _resampled_geometry(g: Optional[AxisGeometry], n, out, *, align_corners: boo
     return _axis_geometry(g.scale * factor, (g.shift + sympy.Rational(1, 2)) * factor - sympy.Rational(1, 2), rf, window)
 
 
-def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size):
+def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size, average: bool = False):
     x = _expect_tensor(x, "adaptive pool")
     _spatial_count(x, nd)
     targets = _per_axis(output_size, nd, "output_size")
-    _nonempty(ctx, x.spatial_sizes)
+    if not (average and all(t is not None and as_expr(t) == 1 for t in targets)):
+        # averaging down to one value per axis is a mean, which PyTorch also
+        # takes over an empty input; every other adaptive pool refuses one
+        _nonempty(ctx, x.spatial_sizes)
     sizes, geometry = [], []
     for n, g, target in zip(x.spatial_sizes, x.geometry, targets):
         out = n if target is None else as_expr(target)
@@ -375,15 +378,22 @@ def adaptive_pooling(ctx, x):
     m = ctx.module
     if getattr(m, "return_indices", False):
         raise UnsupportedOpError("adaptive max pool with return_indices=True")
-    return _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size)
+    return _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size,
+                     average=type(m).__name__.startswith("AdaptiveAvg"))
 
 
-@rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+@rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 def functional_adaptive_pooling(ctx, x, output_size, return_indices=False):
     if return_indices:
         raise UnsupportedOpError("adaptive max pool with return_indices=True")
     x = _expect_tensor(x, "adaptive pool")
     return _adaptive(ctx, x, len(x.spatial), output_size)
+
+
+@rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+def functional_adaptive_average_pooling(ctx, x, output_size):
+    x = _expect_tensor(x, "adaptive pool")
+    return _adaptive(ctx, x, len(x.spatial), output_size, average=True)
 
 
 # ---------------------------------------------------------------------------

@@ -182,6 +182,7 @@ class Outcome:
     mismatch: Optional[Mismatch] = None
     skipped: Optional[str] = None   # e.g. out of memory: no verdict
     peak_elements: int = 0          # the largest tensor seen (elements)
+    shapes: Mapping[str, Any] = field(default_factory=dict, repr=False)  # node -> what torch produced
 
 
 def _op_of(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
@@ -276,7 +277,7 @@ class ForwardChecker:
             return Outcome(sizes, claimed, True, 0, Mismatch(
                 sizes, "ran", None, None, None, None, None,
                 f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"),
-                peak_elements=peak)
+                peak_elements=peak, shapes=recorder.shapes)
         compared = 0
         for node in self._nodes:
             actual = recorder.shapes.get(node.name)

@@ -145,3 +145,15 @@ def test_negative_padding_crops_before_it_pads():
     pad = Step("functional", options=(("function", "pad"), ("pad", (-3, 2)), ("mode", "constant")))
     conv = _layer("Conv1d", in_channels=1, out_channels=1, kernel_size=1)
     assert min(_assert_agrees(Architecture(1, 1, (pad, Step("layer", (conv,))))).valid) == 3
+
+
+def test_global_average_pooling_of_an_empty_input():
+    # AdaptiveAvgPool(1) is a mean and runs on an empty input (cpu and meta);
+    # other output sizes, and adaptive max pooling, refuse it
+    empty = Step("slice", options=(("bounds", ((0, -1, None),)),))
+    mean = Step("layer", (_layer("AdaptiveAvgPool1d", output_size=1),))
+    assert min(_assert_agrees(Architecture(1, 3, (empty, mean))).valid) == 1
+    two = Step("layer", (_layer("AdaptiveAvgPool1d", output_size=2),))
+    assert min(_assert_agrees(Architecture(1, 3, (empty, two))).valid) == 2
+    biggest = Step("layer", (_layer("AdaptiveMaxPool1d", output_size=1),))
+    assert min(_assert_agrees(Architecture(1, 3, (empty, biggest))).valid) == 2
