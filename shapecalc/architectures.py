@@ -629,31 +629,42 @@ def _predicted_peak(checker, n: int) -> float:
 
 
 def _meta_accepts_empty_input(graph_module, shapes, architecture: Architecture) -> Optional[str]:
-    """A layer that ran on meta with an empty input or output axis which the
-    cpu kernel refuses (meta convs with padding and linear or cubic
-    resampling accept them).  The layer alone is re-run on cpu with its
+    """A layer or function that ran on meta with an empty input or output
+    axis which the cpu kernel refuses (meta convs with padding, linear, cubic
+    and area resampling accept them).  That one call is re-run on cpu with its
     recorded input: small, since an empty tensor has no elements."""
     cpu_model = None
     for node in graph_module.graph.nodes:
-        if node.op != "call_module" or node.name not in shapes or not node.args:
+        if node.op not in ("call_module", "call_function") or node.name not in shapes or not node.args:
             continue
         source = node.args[0]
         shape = shapes.get(source.name) if isinstance(source, torch.fx.Node) else None
         output = shapes.get(node.name)
-        if not isinstance(shape, tuple) or not isinstance(output, tuple):
+        if not isinstance(shape, tuple) or not isinstance(output, tuple) or len(shape) < 3:
             continue
         if not (0 in shape[2:] or 0 in output[2:]) or math.prod(shape) > CPU_CONFIRM_LIMIT:
             continue
-        cpu_model = cpu_model or architecture.build().eval()
-        layer = cpu_model.get_submodule(node.target)
+        if node.op == "call_module":
+            cpu_model = cpu_model or architecture.build().eval()
+            call, label = cpu_model.get_submodule(node.target), type(cpu_model.get_submodule(node.target)).__name__
+        elif node.target in _ONE_TENSOR_FUNCTIONS:
+            call, label = node.target, node.target.__name__
+        else:
+            continue
+        # the other arguments are constants or recorded sizes
+        args = torch.fx.node.map_arg(node.args[1:], lambda a: shapes.get(a.name))
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: shapes.get(a.name))
         try:
             with torch.inference_mode():
-                layer(torch.zeros(shape))
+                call(torch.zeros(shape), *args, **kwargs)
         except Exception as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-            return (f"{node.name} ({type(layer).__name__}) ran on meta from {shape} to {output}; "
-                    f"cpu refuses: {reason}")
+            return f"{node.name} ({label}) ran on meta from {shape} to {output}; cpu refuses: {reason}"
     return None
+
+
+#: functions of one tensor the architectures use (re-run alone on cpu)
+_ONE_TENSOR_FUNCTIONS = frozenset({F.interpolate, F.pad, *_FUNCTIONS["max_pool"], *_FUNCTIONS["avg_pool"]})
 
 
 def _empty_transposed_output(graph_module, shapes) -> Optional[str]:
