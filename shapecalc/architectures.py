@@ -443,8 +443,13 @@ def architectures(*, min_steps: int = 1, max_steps: int = 8, dims: Sequence[int]
 
     ``min_steps``/``max_steps`` bound the number of steps; ``dims`` lists the
     spatial dimensionalities to draw from (repeat one to weight it)."""
-    min_steps, max_steps, dims = _check_bounds(min_steps, max_steps, dims)
     from hypothesis import strategies as st
+    from hypothesis.errors import InvalidArgument
+
+    try:
+        min_steps, max_steps, dims = _check_bounds(min_steps, max_steps, dims)
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from None
 
     @st.composite
     def draw_architecture(draw):

@@ -7,6 +7,7 @@ predicted.  Regression tests pin the disagreements the long fuzz run found
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis.errors import InvalidArgument
 
 from shapecalc.architectures import (Architecture, LayerSpec, Step, architectures, cross_check,
                                      random_architecture)
@@ -48,8 +49,10 @@ def test_random_architectures_trace_and_build():
 @pytest.mark.parametrize("kwargs", [{"min_steps": 0}, {"max_steps": True}, {"min_steps": 5, "max_steps": 2},
                                     {"dims": ()}, {"dims": (4,)}])
 def test_strategy_arguments_are_validated(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument, match=next(iter(kwargs))):
         architectures(**kwargs)
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        random_architecture(0, **kwargs)
 
 
 def test_sweep_checks_sizes_outside_the_domain():
