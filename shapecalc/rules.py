@@ -324,8 +324,9 @@ def _adaptive_rf(g: Optional[AxisGeometry], n, out):
         return g.rf + (n - 1) * g.stride
     if is_concrete(n):
         n_, o_ = int(n), int(out)
-        widest = max(-(-(i + 1) * n_ // o_) - (i * n_) // o_ for i in range(o_))
-        return g.rf + (widest - 1) * g.stride
+        # an empty output (area interpolation to size 0) has no cells
+        widest = max((-(-(i + 1) * n_ // o_) - (i * n_) // o_ for i in range(o_)), default=None)
+        return None if widest is None else g.rf + (widest - 1) * g.stride
     return None
 
 
@@ -412,7 +413,9 @@ def _exact_scale(factor) -> Fraction:
     exact = Fraction(float(factor))
     if exact <= 0:
         raise UnsupportedOpError(f"scale_factor must be positive, got {factor}")
-    if exact.denominator & (exact.denominator - 1):
+    # Every double is dyadic (0.1 is 3602879701896397/2**55): what keeps
+    # n * factor exact is a short one, like 0.5, 0.75 or 1.5.
+    if not exact_in_double(float(factor)):
         raise UnsupportedOpError(
             f"scale_factor {factor} is not a dyadic rational, so its sizes depend on float rounding; use size= or a factor like 0.5, 2, 1.5")
     return exact
@@ -492,6 +495,11 @@ def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
         shape[axis] = size
         if axis in geometry and geometry[axis] is not None:
             geometry[axis] = geometry[axis].shifted(-left)
+    if mode in ("reflect", "replicate") and pad:
+        # PyTorch's reflection/replication kernels: "input is too small"
+        # unless some padded axis keeps an element (a 1-d pad: that axis).
+        padded = [shape[x.ndim - 1 - i] for i in range(len(pad) // 2)]
+        ctx.require(sympy.Or(*[ge(s, 1) for s in padded]), f"{mode} padding leaves every padded axis empty")
     return SymbolicTensor(tuple(shape), x.spatial, tuple(geometry[a] for a in x.spatial))
 
 
@@ -516,13 +524,12 @@ def padding_module(ctx, x):
 _POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
     nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.LayerNorm,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.LocalResponseNorm,
 )
 _POINTWISE_FUNCTIONS = (
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
     F.softplus, F.softmax, F.log_softmax, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid, F.tanh,
-    F.group_norm, F.instance_norm, F.layer_norm, torch.relu, torch.sigmoid, torch.tanh, torch.softmax,
+    torch.relu, torch.sigmoid, torch.tanh, torch.softmax,
     torch.log_softmax, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.clamp, torch.nn.functional.normalize,
 )
 _POINTWISE_METHODS = (
@@ -534,10 +541,45 @@ _POINTWISE_METHODS = (
 
 @rule(*_POINTWISE_MODULES, *_POINTWISE_FUNCTIONS, *_POINTWISE_METHODS)
 def shape_preserving(ctx, x, *args, **kwargs):
-    if isinstance(x, SymbolicTensor) and ctx.module is not None and isinstance(ctx.module, nn.LayerNorm):
-        normalized = tuple(ctx.module.normalized_shape)
-        for size, expected in zip(x.shape[-len(normalized):], normalized):
-            ctx.require(eq(size, expected), f"LayerNorm over {normalized} got size {format_expr(size)}")
+    return x
+
+
+@rule(nn.LayerNorm, F.layer_norm)
+def layer_norm(ctx, x, normalized_shape=None, *args, **kwargs):
+    x = _expect_tensor(x, "layer_norm")
+    shape = ctx.module.normalized_shape if ctx.module is not None else normalized_shape
+    normalized = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (shape,)
+    if len(normalized) > x.ndim:
+        raise UnsupportedOpError(f"layer_norm over {normalized} of a {x.ndim}-d tensor")
+    for size, expected in zip(x.shape[x.ndim - len(normalized):], normalized):
+        ctx.require(eq(size, as_expr(expected)), f"layer_norm over {normalized} got size {format_expr(size)}")
+    return x
+
+
+@rule(nn.GroupNorm, F.group_norm)
+def group_norm(ctx, x, num_groups=None, *args, **kwargs):
+    x = _expect_tensor(x, "group_norm")
+    if ctx.module is not None:
+        num_groups = ctx.module.num_groups
+        _channels(ctx, x, ctx.module.num_channels, "GroupNorm")
+    # PyTorch needs more than one value per group, in eval mode too
+    # (F.group_norm's _verify_batch_size): (N*C/G) * prod(spatial) > 1.
+    values = sympy.Mul(floordiv(x.shape[0] * x.shape[1], num_groups), *x.shape[2:])
+    ctx.require(gt(values, 1), f"group_norm needs more than one value per group (here {format_expr(values)})")
+    return x
+
+
+@rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.instance_norm)
+def instance_norm(ctx, x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  *args, **kwargs):
+    x = _expect_tensor(x, "instance_norm")
+    if ctx.module is not None:
+        use_input_stats = ctx.module.training or not ctx.module.track_running_stats
+    if use_input_stats:
+        # Statistics of the input itself (the default: track_running_stats=False,
+        # so in eval mode too) need more than one spatial element.
+        values = sympy.Mul(*x.shape[2:])
+        ctx.require(gt(values, 1), f"instance_norm needs more than one spatial element (here {format_expr(values)})")
     return x
 
 
@@ -633,16 +675,49 @@ def elementwise(ctx, a, b):
     return SymbolicTensor(shape, spatial, tuple(geometry))
 
 
-def _scalar_or_tensor(ctx, op, a, b):
+def exact_in_double(value: float, dividing: bool = False) -> bool:
+    """Whether Python's double arithmetic with ``value`` is exact for every
+    size (< 2**30): a product or sum needs a short dyadic (0.5, 1.5, 0.75),
+    a quotient a power of two."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    exact = Fraction(value)
+    numerator = abs(exact.numerator)
+    odd = numerator >> ((numerator & -numerator).bit_length() - 1) if numerator else 0
+    if dividing:
+        return odd == 1
+    return odd < 1 << 22 and exact.denominator <= 1 << 22
+
+
+def _python_number(value):
+    if isinstance(value, sympy.Basic):
+        return int(value) if value.is_Integer else float(value)
+    return value
+
+
+def _scalar_or_tensor(ctx, op, a, b, python_op=None):
     result = elementwise(ctx, a, b)
     if result is not None:
         return result
+    if isinstance(a, float) or isinstance(b, float):
+        # Python computes with a float in double precision.  On concrete
+        # sizes do exactly that (int(90 * 0.7) is 62); on a symbolic size
+        # accept only floats that keep every result exact, else refuse.
+        if python_op is not None and all(isinstance(v, float) or is_concrete(v) for v in (a, b)):
+            return python_op(_python_number(a), _python_number(b))
+        dividing = python_op in (operator.truediv, operator.floordiv, operator.mod)
+        for v in (a, b):
+            if isinstance(v, float) and not exact_in_double(v, dividing):
+                raise UnsupportedOpError(
+                    f"size arithmetic with the float {v!r} rounds in double precision, so the result depends on "
+                    "the size in no closed form; use integers or a factor such as 0.5")
+        a, b = (as_expr(v) if isinstance(v, float) else v for v in (a, b))
     return op(a, b)
 
 
 @rule(operator.add, torch.add, "add", "__add__", "__radd__")
 def add(ctx, a, b, *, alpha=1, out=None):
-    return _scalar_or_tensor(ctx, _add_sizes, a, b)
+    return _scalar_or_tensor(ctx, _add_sizes, a, b, operator.add)
 
 
 def _add_sizes(a, b):
@@ -653,7 +728,7 @@ def _add_sizes(a, b):
 
 @rule(operator.sub, torch.sub, "sub", "__sub__", "__rsub__")
 def subtract(ctx, a, b, *, alpha=1, out=None):
-    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y), a, b)
+    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y), a, b, operator.sub)
 
 
 @rule(operator.mul, torch.mul, "mul", "__mul__", "__rmul__")
@@ -662,7 +737,7 @@ def multiply(ctx, a, b, *, out=None):
         if isinstance(x, (tuple, list)) and isinstance(y, int):
             return tuple(x) * y
         return as_expr(x) * as_expr(y)
-    return _scalar_or_tensor(ctx, times, a, b)
+    return _scalar_or_tensor(ctx, times, a, b, operator.mul)
 
 
 @rule(operator.truediv, torch.div, torch.true_divide, "div", "__truediv__")
@@ -671,17 +746,17 @@ def divide(ctx, a, b, *, rounding_mode=None, out=None):
         if rounding_mode == "floor":
             return floordiv(x, y)
         return as_expr(x) / as_expr(y)
-    return _scalar_or_tensor(ctx, ratio, a, b)
+    return _scalar_or_tensor(ctx, ratio, a, b, operator.floordiv if rounding_mode == "floor" else operator.truediv)
 
 
 @rule(operator.floordiv, "__floordiv__")
 def floor_divide(ctx, a, b):
-    return _scalar_or_tensor(ctx, floordiv, a, b)
+    return _scalar_or_tensor(ctx, floordiv, a, b, operator.floordiv)
 
 
 @rule(operator.mod)
 def modulo(ctx, a, b):
-    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y) * floordiv(x, y), a, b)
+    return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y) * floordiv(x, y), a, b, operator.mod)
 
 
 @rule(operator.neg)
@@ -768,8 +843,18 @@ def length(ctx, obj):
 
 @rule(builtins.int)
 def to_int(ctx, value):
+    if isinstance(value, float):
+        return int(value)
     value = as_expr(value)
-    return value if value.is_integer else floor_of(value)
+    if value.is_integer:
+        return value
+    # int() truncates toward zero: floor at or above 0, ceiling below
+    # (a centre crop int((a - b) / 2) is negative when b is the larger).
+    if ctx.always(ge(value, 0)):
+        return floor_of(value)
+    if ctx.always(le(value, 0)):
+        return -floor_of(-value)
+    return ctx.simplify(sympy.Piecewise((floor_of(value), ge(value, 0)), (-floor_of(-value), True)))
 
 
 def _clamped_bound(ctx, bound, n, default):
@@ -863,7 +948,10 @@ def _reshape(ctx, x: SymbolicTensor, sizes):
     total = sympy.Mul(*x.shape)
     if any(s == -1 for s in sizes):
         known = sympy.Mul(*[s for s in sizes if s != -1])
-        inferred = floordiv(total, known) if known.is_Integer and total.is_Integer else total / known
+        # With a constant rest the -1 axis is floor(total/known); the check
+        # below then asks that known divides total, as PyTorch does
+        # (view(1, C, -1, 2) needs an even H*W).
+        inferred = floordiv(total, known) if known.is_Integer and known > 0 else total / known
         sizes = [inferred if s == -1 else s for s in sizes]
     ctx.require(eq(sympy.expand(sympy.Mul(*sizes)), sympy.expand(total)), f"view {tuple(format_expr(s) for s in sizes)} does not match {format_expr(total)} elements")
     # A spatial axis survives when its exact size expression reappears, in order.
