@@ -43,10 +43,10 @@ LARGEST = {1: 64, 2: 48, 3: 10}
 # Rules with many size paths get more examples; the pointwise aliases share
 # one rule and need only a few each.
 EXAMPLES = {
-    "convolution": 40, "functional_convolution": 15, "transposed_convolution": 40, "max_pooling": 40,
+    "convolution": 30, "functional_convolution": 12, "transposed_convolution": 30, "max_pooling": 30,
     "average_pooling": 30, "functional_max_pooling": 15, "functional_average_pooling": 15, "adaptive_pooling": 8,
     "functional_adaptive_pooling": 6, "interpolate": 30, "upsample": 40, "functional_pad": 30,
-    "padding_module": 8, "getitem": 80, "reshape": 12, "concatenate": 12, "stack": 15, "size": 10,
+    "padding_module": 8, "getitem": 50, "reshape": 12, "concatenate": 12, "stack": 15, "size": 10,
     "add": 6, "subtract": 5, "multiply": 5, "divide": 5, "floor_divide": 6, "modulo": 10, "negate": 10,
     "to_int": 15, "length": 6, "attribute": 8, "flatten": 8, "flatten_module": 8, "linear": 12,
     "permute": 6, "transpose": 6, "unsqueeze": 6, "squeeze": 8, "reduction": 5, "elementwise_pair": 8,
