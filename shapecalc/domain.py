@@ -30,6 +30,8 @@ from .symbolic import FloorDiv, compiled, format_expr
 MAX_PERIOD = 1 << 14
 #: sizes beyond which a monotone search gives up (documented limit)
 SEARCH_LIMIT = 1 << 128
+#: sizes listed one by one when a period is reduced past bounded runs
+LISTING_LIMIT = 1 << 12
 
 Interval = tuple[int, Optional[int]]  # inclusive; None means unbounded above
 
@@ -388,12 +390,42 @@ class PeriodicSet:
             bounded = any(iv[1] is not None for r, c in enumerate(self.classes) if r % period == residue for iv in c)
             many = any(len(c) > 1 for r, c in enumerate(self.classes) if r % period == residue)
             if bounded or many:
-                return None
+                return self._coarsened_by_listing(period)
             if members:
                 n0 = min(members)
                 classes.append((((n0 - residue) // period, None),))
             else:
                 classes.append(())
+        candidate = PeriodicSet(period, tuple(classes))
+        if candidate._lifted(self.period) == list(self.classes):
+            return candidate
+        return self._coarsened_by_listing(period)  # e.g. {2} and every n >= 4
+
+    def _coarsened_by_listing(self, period: int) -> Optional["PeriodicSet"]:
+        # Bounded runs (W = 5, 4 <= H <= 9): list each coarse class up to a
+        # horizon past every run's end and every tail's start; beyond it the
+        # fine classes inside one coarse class must agree (all go on or none).
+        edges = [self.period * (lo if hi is None else hi) + r for r, c in enumerate(self.classes) for lo, hi in c]
+        horizon = max(edges, default=0) + self.period
+        if horizon > LISTING_LIMIT:
+            return None
+        classes = []
+        for residue in range(period):
+            going_on = {bool(self.classes[r]) and self.classes[r][-1][1] is None
+                        for r in range(residue, self.period, period)}
+            if len(going_on) > 1:
+                return None
+            last = (horizon - residue) // period
+            runs: list[list] = []
+            for k in range(self.start(period, residue), last + 1):
+                if period * k + residue in self:
+                    if runs and runs[-1][1] == k - 1:
+                        runs[-1][1] = k
+                    else:
+                        runs.append([k, k])
+            if going_on == {True}:
+                runs[-1][1] = None  # every fine class is on from the horizon on
+            classes.append(tuple((lo, hi) for lo, hi in runs))
         candidate = PeriodicSet(period, tuple(classes))
         return candidate if candidate._lifted(self.period) == list(self.classes) else None
 

@@ -296,8 +296,7 @@ def resampling_layers(dims: int = 2, *, modes=None, max_size: int = 32, scale_fa
     for f in scale_factors:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
             raise InvalidArgument(f"scale_factors has {f!r}; every factor must be a positive number")
-        denominator = float(f).as_integer_ratio()[1]
-        if denominator & (denominator - 1):
+        if not rules.exact_in_double(float(f)):
             raise InvalidArgument(
                 f"scale_factors has {f!r}, not a dyadic rational: torch rounds n*{f} in floating point")
     return _resampling_parameters(dims, modes, max_size, tuple(scale_factors)).map(lambda kw: nn.Upsample(**kw))

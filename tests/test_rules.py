@@ -29,7 +29,8 @@ from hypothesis.errors import InvalidArgument
 from shapecalc import SizeError, UnsupportedOpError, analyze, size_symbol
 from shapecalc import rules
 from shapecalc.propagate import META_KEY
-from shapecalc.strategies import OP_CASES, OpCase, input_sizes
+from shapecalc.strategies import (OP_CASES, OpCase, conv_layers, input_sizes, pool_layers, resampling_layers,
+                                  transposed_conv_layers)
 from shapecalc.symbolic import evaluate
 from shapecalc.tensors import SymbolicTensor
 from shapecalc.verify import size_analysis
@@ -403,3 +404,74 @@ def test_view_with_an_inferred_axis_needs_divisibility():
         if runs:
             assert evaluate(analysis.graph_module.graph.output_node().args[0].meta["shapecalc"].shape[2], {H: n}) \
                 == torch.empty(1, 1, n).view(1, 1, -1, 2).shape[2]
+
+
+# ---------------------------------------------------------------------------
+# the strategies themselves
+
+
+def test_import_shapecalc_does_not_import_hypothesis():
+    import subprocess
+    import sys
+
+    code = "import sys, shapecalc; print('hypothesis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+class _Skip(nn.Module):
+    """A U-Net skip without a crop: runs only for even sizes >= 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.down, self.up = nn.MaxPool2d(2), nn.ConvTranspose2d(1, 1, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.up(self.down(x))
+
+
+def test_input_sizes_draw_only_valid_sizes_and_shrink_to_the_smallest():
+    from hypothesis import find
+
+    analysis = analyze(_Skip(), "H", channels=1)
+    assert find(input_sizes(analysis, "H"), lambda n: True) == 2
+    assert find(input_sizes(_Skip(), "H", min_value=7), lambda n: True) == 8
+
+    @settings(max_examples=50)
+    @given(n=input_sizes(analysis, "H", max_value=64))
+    def check(n):
+        assert n % 2 == 0 and 2 <= n <= 64
+        _Skip()(torch.empty(1, 1, n, n, device="meta"))
+
+    check()
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: input_sizes(_Skip(), "H", min_value=0), "min_value"),
+    (lambda: input_sizes(_Skip(), "H", min_value=5, max_value=4), "max_value"),
+    (lambda: input_sizes(_Skip(), "H", max_value="9"), "max_value"),
+    (lambda: input_sizes(_Skip(), "H", min_value=3, max_value=3), "max_value"),
+    (lambda: input_sizes(analyze(_Skip(), "H", channels=1), "W"), "symbol"),
+    (lambda: input_sizes(_Skip(), "H W"), "symbol"),
+    (lambda: input_sizes(42, "H"), "model_or_analysis"),
+    (lambda: conv_layers(dims=4), "dims"),
+    (lambda: conv_layers(in_channels=0), "in_channels"),
+    (lambda: conv_layers(padding_modes=("mirror",)), "padding_modes"),
+    (lambda: transposed_conv_layers(max_stride=True), "max_stride"),
+    (lambda: pool_layers(kinds=("min",)), "kinds"),
+    (lambda: pool_layers(kinds=()), "kinds"),
+    (lambda: resampling_layers(2, modes=("trilinear",)), "modes"),
+    (lambda: resampling_layers(scale_factors=(0.1,)), "scale_factors"),
+    (lambda: resampling_layers(max_size=0), "max_size"),
+])
+def test_strategy_arguments_are_validated_at_once(call, name):
+    with pytest.raises(InvalidArgument, match=name):
+        call()
+
+
+@settings(max_examples=40)
+@given(data=st.data(), dims=st.sampled_from((1, 2, 3)))
+def test_layer_strategies_draw_modules_torch_accepts(data, dims):
+    layer = data.draw(st.one_of(conv_layers(dims, in_channels=2), transposed_conv_layers(dims, in_channels=2),
+                                pool_layers(dims), resampling_layers(dims)))
+    x = torch.empty(1, 2, *[16] * dims)
+    assert layer(x).dim() == dims + 2
