@@ -522,8 +522,13 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
             if outcome.mismatch:
                 report.mismatch = _shrink(outcome, values, run)
                 return _finish(report, started)
-        if drawn and runnable:
-            report.mismatch = _draw(values, drawn, seed, run, cache)
+        available = math.prod(len(v) for v in values.values()) if runnable else 0
+        for attempt in range(3):
+            # hypothesis may stop a few short (duplicates it drew are not examples): top up
+            missing = min(examples, available) - report.examples - report.skipped
+            if not drawn or missing <= 0 or report.mismatch is not None:
+                break
+            report.mismatch = _draw(values, missing, seed + attempt, run, cache)
     finally:
         report.seconds = time.perf_counter() - started
     return _finish(report, started)

@@ -13,7 +13,7 @@ from shapecalc.architectures import (Architecture, LayerSpec, Step, architecture
                                      random_architecture)
 
 #: CI budget: a bounded number of drawn nets (each swept over ~50 sizes)
-CI_EXAMPLES = 30
+CI_EXAMPLES = 60
 
 
 def _layer(cls, **kwargs):
