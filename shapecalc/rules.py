@@ -1051,13 +1051,27 @@ def squeeze(ctx, x, dim=None):
     return SymbolicTensor(tuple(x.shape[a] for a in keep), tuple(spatial), tuple(geometry[keep[i]] for i in spatial))
 
 
-@rule("mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin)
+@rule("mean", "sum", torch.mean, torch.sum)
 def reduction(ctx, x, dim=None, keepdim=False, *, dtype=None):
+    # a sum or mean over an empty axis is 0 or nan, not an error
+    return _reduce(ctx, x, dim, keepdim, nonempty=False)
+
+
+@rule("amax", "amin", torch.amax, torch.amin)
+def extremum(ctx, x, dim=(), keepdim=False):
+    # "Expected reduction dim to have non-zero size"
+    return _reduce(ctx, x, None if dim in ((), []) else dim, keepdim, nonempty=True)
+
+
+def _reduce(ctx, x, dim, keepdim: bool, nonempty: bool):
     x = _expect_tensor(x, "reduction")
     if dim is None:
+        if nonempty:
+            _nonempty(ctx, x.spatial_sizes)
         return SymbolicTensor(())
     dims = {x.axis(d) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
-    _nonempty(ctx, [x.shape[a] for a in dims if a in x.spatial])
+    if nonempty:
+        _nonempty(ctx, [x.shape[a] for a in dims if a in x.spatial])
     geometry = dict(zip(x.spatial, x.geometry))
     shape, spatial, new_geometry = [], [], []
     for a, n in enumerate(x.shape):

@@ -50,7 +50,9 @@ EXAMPLES = {
     "padding_module": 8, "getitem": 50, "reshape": 12, "concatenate": 12, "stack": 15, "size": 10,
     "add": 6, "subtract": 5, "multiply": 5, "divide": 5, "floor_divide": 6, "modulo": 10, "negate": 10,
     "to_int": 15, "length": 6, "attribute": 8, "flatten": 8, "flatten_module": 8, "linear": 12,
-    "permute": 6, "transpose": 6, "unsqueeze": 6, "squeeze": 8, "reduction": 5, "elementwise_pair": 8,
+    "permute": 6, "transpose": 6, "unsqueeze": 6, "squeeze": 8, "reduction": 8, "extremum": 8,
+    "elementwise_pair": 8, "layer_norm": 10, "group_norm": 8, "instance_norm": 8,
+    "functional_adaptive_average_pooling": 6,
 }
 DEFAULT_EXAMPLES = 3
 
@@ -475,3 +477,25 @@ def test_layer_strategies_draw_modules_torch_accepts(data, dims):
                                 pool_layers(dims), resampling_layers(dims)))
     x = torch.empty(1, 2, *[16] * dims)
     assert layer(x).dim() == dims + 2
+
+
+class _CropThen(nn.Module):
+    def __init__(self, reduce):
+        super().__init__()
+        self.reduce = reduce
+
+    def forward(self, x):
+        return getattr(x[:, :, 5:], self.reduce)(2)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "amax", "amin"])
+def test_reductions_over_an_emptied_axis(reduce):
+    """A sum or mean of nothing runs (0, nan); amax/amin of nothing raises."""
+    valid = size_analysis(_CropThen(reduce), "H", channels=1, dimensions=1).valid_sizes("H")
+    for n in range(1, 12):
+        try:
+            getattr(torch.empty(1, 1, n, device="meta")[:, :, 5:], reduce)(2)
+            runs = True
+        except (RuntimeError, IndexError):
+            runs = False
+        assert (n in valid) == runs, (reduce, n)
