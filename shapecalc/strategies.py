@@ -33,6 +33,7 @@ from hypothesis.errors import InvalidArgument
 from . import rules
 from ._errors import ShapecalcError
 from .analysis import Analysis, analyze
+from .architectures import architectures  # random networks, for fuzzing the engine
 from .symbolic import evaluate
 
 # len() and int() of a traced value are recorded as graph calls only for the
@@ -41,7 +42,7 @@ torch.fx.wrap("len")
 torch.fx.wrap("int")
 
 __all__ = [
-    "OP_CASES", "OpCase", "conv_layers", "input_sizes", "pool_layers", "resampling_layers",
+    "OP_CASES", "OpCase", "architectures", "conv_layers", "input_sizes", "pool_layers", "resampling_layers",
     "transposed_conv_layers",
 ]
 
