@@ -42,11 +42,12 @@ def simplify_under(expr, domain: Domain):
             for i, a in enumerate(keep):
                 for b in keep[i + 1:]:
                     a_wins = domain.always(le(a, b)) if isinstance(expr, sympy.Min) else domain.always(ge(a, b))
-                    b_wins = domain.always(le(b, a)) if isinstance(expr, sympy.Min) else domain.always(ge(b, a))
                     if a_wins:
                         keep.remove(b)
                         changed = True
                         break
+                    # only asked when needed: each question decides a condition over a period
+                    b_wins = domain.always(le(b, a)) if isinstance(expr, sympy.Min) else domain.always(ge(b, a))
                     if b_wins:
                         keep.remove(a)
                         changed = True
