@@ -322,14 +322,14 @@ class VerifyReport:
         return self.mismatch is None
 
     def summary(self) -> str:
-        ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items()) or "-"
+        ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items()) or "the given size"
         lines = []
         if self.mismatch is not None:
             lines.append(self.mismatch.describe())
         verdict = "PASS" if self.passed else "FAIL"
         lines += [
             f"{verdict}: {self.model} --input {self.input} on {self.device}",
-            f"  examples: {self.examples} valid sizes ({ranges}), {self.invalid_checked} invalid sizes"
+            f"  examples: {_count(self.examples, 'valid size')} ({ranges}), {_count(self.invalid_checked, 'invalid size')}"
             + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
             f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} nodes per forward pass)",
             f"  valid input: {self.domain}",
@@ -347,6 +347,10 @@ class VerifyReport:
                 "sizes": m.sizes, "kind": m.kind, "node": m.node, "op": m.op, "predicted": m.predicted,
                 "expected": m.expected, "actual": m.actual, "message": m.message, "shrunk_from": m.shrunk_from},
         }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 # ---------------------------------------------------------------------------
