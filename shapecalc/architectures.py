@@ -35,9 +35,6 @@ from ._errors import ShapecalcError, SizeError
 from .trace import trace_module
 from .verify import _peak_elements
 
-_SPATIAL_NAMES = {1: "L", 2: "HW", 3: "DHW"}
-
-
 # ---------------------------------------------------------------------------
 # the data
 

@@ -19,14 +19,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import sympy
 import torch
 import torch.fx
 import torch.nn as nn
 
-from ._errors import InputSpecError, ShapecalcError, SizeError
+from ._errors import InputSpecError, ShapecalcError
 from .analysis import Analysis, _with_context
 from .domain import Domain
 from .propagate import META_KEY, SizeInterpreter
@@ -450,11 +450,6 @@ def prepare(model: Union[str, nn.Module], input: Optional[str] = None, *, device
     spec = parse_input_spec(input) if isinstance(input, str) else input
     analysis = size_analysis(graph_module, spec, channels=channels, name=name)
     return ForwardChecker(analysis, real, device)
-
-
-def check_sizes(checker: ForwardChecker, sizes: Sequence[Mapping[str, int]]) -> list[Outcome]:
-    """Every outcome (not only the first mismatch): for sweeps and fuzzing."""
-    return [checker.check(s) for s in sizes]
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from shapecalc import rules
 from shapecalc.cli import main
 from shapecalc.symbolic import eq, evaluate, floordiv, ge, largest, le, lt, size_symbol, smallest
-from shapecalc.verify import ForwardChecker, prepare, resolve_device, verify
+from shapecalc.verify import prepare, resolve_device, verify
 
 THIN = 1 / 32
 H = size_symbol("H")
