@@ -489,9 +489,19 @@ def _pad(ctx, x: SymbolicTensor, pad: Sequence, mode: str = "constant"):
         elif mode in ("replicate", "circular"):
             _nonempty(ctx, [n])
         if mode == "circular":
-            # PyTorch: "Padding value causes wrapping around more than once"
+            # PyTorch: "Padding value causes wrapping around more than once".
+            # On the outermost padded axis, after a crop on the other side,
+            # it wraps the cropped tensor and a wider pad fails ("...refer to
+            # a single memory location"; inner axes copy garbage instead).
+            # Where the crop removes the whole axis torch's results vary by
+            # side and size, garbage or an error: those sizes are excluded.
+            cropped = n + smallest(left, 0) + smallest(right, 0)
+            outermost = i == len(pad) // 2 - 1
             for side in (left, right):
                 ctx.require(ge(n, side), f"circular padding {format_expr(side)} must not exceed the input ({format_expr(n)})")
+                if outermost and not (side.is_Number and side <= 0):
+                    ctx.require(ge(cropped, side),
+                                f"circular padding {format_expr(side)} must not exceed the cropped input ({format_expr(cropped)})")
         shape[axis] = size
         if axis in geometry and geometry[axis] is not None:
             geometry[axis] = geometry[axis].shifted(-left)

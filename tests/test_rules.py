@@ -499,3 +499,34 @@ def test_reductions_over_an_emptied_axis(reduce):
         except (RuntimeError, IndexError):
             runs = False
         assert (n in valid) == runs, (reduce, n)
+
+
+class _Circular(nn.Module):
+    def __init__(self, pad):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return F.pad(x, self.pad, mode="circular")
+
+
+@pytest.mark.parametrize("dims, axis", [(1, 0), (2, 0), (2, 1), (3, 2)])
+def test_circular_padding_after_a_crop_on_the_other_side(dims, axis):
+    """On the outermost padded axis torch wraps the cropped input, and a pad
+    wider than what the crop leaves fails ("...refer to a single memory
+    location"); inner axes run.  Checked wherever the crop leaves at least
+    one element (beyond that torch gives garbage or fails, by side)."""
+    for left, right in itertools.product(range(-4, 6), repeat=2):
+        pad = [0] * (2 * dims)
+        pad[2 * axis], pad[2 * axis + 1] = left, right
+        pad = tuple(pad)
+        valid = size_analysis(_Circular(pad), "H", channels=1, dimensions=dims).valid_sizes("H")
+        for n in range(1, 10):
+            if n + min(left, 0) + min(right, 0) < 1 and max(left, right) > 0:
+                continue
+            try:
+                F.pad(torch.zeros(1, 1, *[n] * dims), pad, mode="circular")
+                runs = True
+            except RuntimeError:
+                runs = False
+            assert (n in valid) == runs, (pad, n)
