@@ -8,7 +8,6 @@ forward pass at every size from 1 to 300.
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
