@@ -83,7 +83,7 @@ def parse_sizes(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and 1 <= int(p) <= 10**6 for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= 10**6 for p in parts):
         raise InputSpecError(f"bad --sizes {text!r}: give positive sizes separated by commas, e.g. 224,500,513")
     return [int(p) for p in parts]
 
