@@ -213,6 +213,10 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     conditions = [c for crop in crops for c in crop_conditions(crop)]
     conditions += [c for m in merges for c in m.conditions] + [c for r in resamples for c in r.conditions]
     aligned_domain, undecided = aligned_sizes(domain, conditions)
+    # An audit that could not even state its condition (aligned is None and
+    # nothing was recorded) must still keep the aligned domain an upper bound.
+    undecided = list(undecided) + [f"{item.name}: alignment not decided" for item in (*crops, *merges, *resamples)
+                                   if item.aligned is None and not getattr(item, "conditions", ())]
     return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, interpreter.notes, graph_module,
                     merges=merges, resamples=resamples, aligned_domain=aligned_domain, alignment_undecided=undecided)
 

@@ -46,6 +46,10 @@ from .tensors import IDENTITY, AxisGeometry, SymbolicTensor
 LINEAR_MODES = ("linear", "bilinear", "trilinear", "bicubic")
 #: outputs up to this many pixels are checked pixel by pixel when the sampling is a staircase
 ENUMERATE_LIMIT = 4096
+#: with a symbolic source size every output pixel's shift is a symbolic
+#: expression and finding the largest compares them pairwise: beyond this
+#: many pixels the shift is reported as not decided rather than taking minutes
+SYMBOLIC_ENUMERATE_LIMIT = 8
 
 _ADAPTIVE_MODULES = {
     nn.AdaptiveAvgPool1d: "adaptive_avg", nn.AdaptiveAvgPool2d: "adaptive_avg", nn.AdaptiveAvgPool3d: "adaptive_avg",
@@ -271,7 +275,7 @@ def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optiona
     if mode in LINEAR_MODES:
         # affine in u: the extremes are the first and the last pixel
         candidates = [shift_at(sympy.Integer(0)), shift_at(out - 1)]
-    elif out.is_Integer and int(out) <= ENUMERATE_LIMIT:
+    elif out.is_Integer and int(out) <= (ENUMERATE_LIMIT if not as_expr(n).free_symbols else SYMBOLIC_ENUMERATE_LIMIT):
         candidates = [shift_at(sympy.Integer(u)) for u in range(int(out))]
     else:
         ratio = sympy.expand(ratio)
