@@ -351,9 +351,7 @@ def test_reports_show_merges_resamples_and_the_aligned_domain(deeplab):
 
 def test_undecided_resample_keeps_the_aligned_domain_an_upper_bound():
     # nearest to a fixed 17x11 grid from a symbolic source: too many pixels to
-    # compare symbolically, so the audit is undecided and must say so quickly
-    import time
-
+    # compare symbolically, so the audit is undecided and must say so
     import torch.nn.functional as F
     from torch import nn
 
@@ -363,9 +361,7 @@ def test_undecided_resample_keeps_the_aligned_domain_an_upper_bound():
         def forward(self, x):
             return F.interpolate(F.max_pool2d(x, 1, 2), size=(17, 11))
 
-    started = time.perf_counter()
     analysis = analyze(FixedGrid(), "HxW", channels=3)
-    assert time.perf_counter() - started < 10
     (resample,) = analysis.resamples
     assert resample.aligned is None
     assert "not decided" in analysis.aligned_sentence()
