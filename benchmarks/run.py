@@ -175,7 +175,8 @@ def compare(models: list[str], repeat: int) -> list[dict]:
 def depth_scaling(depths: list[int], repeat: int) -> list[dict]:
     rows = []
     for depth in depths:
-        seconds = statistics.median(time_shapecalc(f"conv-{depth}").cpu for _ in range(repeat))
+        # the fastest of the repeats: the figure least disturbed by other load
+        seconds = min(time_shapecalc(f"conv-{depth}").cpu for _ in range(repeat))
         rows.append({"depth": depth, "seconds": seconds, "ms_per_layer": 1000 * seconds / depth})
         print(f"depth {depth:4d}: {seconds:6.3f} s cpu ({1000 * seconds / depth:5.2f} ms per conv)", flush=True)
     # least-squares line through the points: linear growth leaves small residuals
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     rows = compare(models, args.repeat)
     depths = [25, 50, 100] if args.quick else [25, 50, 100, 200, 400]
     scaling = depth_scaling(depths, args.repeat)
-    cold = cold_start(3 if args.quick else 5)
+    cold = cold_start(3 if args.quick else 7)
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"machine": machine(), "torch": torch.__version__, "warm_up": warm, "models": rows,
