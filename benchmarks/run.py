@@ -20,6 +20,7 @@ are reported apart).  Then analysis time against depth (conv stacks of 25 to
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -85,6 +86,7 @@ class Clock:
     shared machine: other processes stretch wall time, not CPU time."""
 
     def __enter__(self):
+        gc.collect()  # start each measurement without the previous one's garbage
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 
