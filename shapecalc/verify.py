@@ -322,14 +322,15 @@ class VerifyReport:
         return self.mismatch is None
 
     def summary(self) -> str:
-        ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items()) or "the given size"
+        ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items())
+        ranges = f" ({ranges or 'the given size'})" if self.examples else ""
         lines = []
         if self.mismatch is not None:
             lines.append(self.mismatch.describe())
         verdict = "PASS" if self.passed else "FAIL"
         lines += [
             f"{verdict}: {self.model} --input {self.input} on {self.device}",
-            f"  examples: {_count(self.examples, 'valid size')} ({ranges}), {_count(self.invalid_checked, 'invalid size')}"
+            f"  examples: {_count(self.examples, 'valid size')}{ranges}, {_count(self.invalid_checked, 'invalid size')}"
             + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
             f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} nodes per forward pass)",
             f"  valid input: {self.domain}",
