@@ -156,8 +156,17 @@ class _ResidueClass:
     def __init__(self, symbol: sympy.Symbol, period: int, residue: int):
         self.symbol, self.period, self.residue = symbol, period, residue
         self.start = -((residue - 1) // period)  # smallest k with n >= 1
+        self._affine: dict[sympy.Basic, list[_Segment]] = {}
 
     def affine(self, expr: sympy.Basic) -> list[_Segment]:
+        # Sizes repeat subterms (a crop's offset and length share its floors):
+        # each is walked once per class.  Callers build new lists, never mutate.
+        found = self._affine.get(expr)
+        if found is None:
+            found = self._affine[expr] = self._affine_uncached(expr)
+        return found
+
+    def _affine_uncached(self, expr: sympy.Basic) -> list[_Segment]:
         if expr.is_Number:
             return _constant(Fraction(int(expr.p), int(expr.q)), self.start)
         if expr.is_Symbol:
@@ -386,9 +395,12 @@ class PeriodicSet:
         # coarse class, then accept it only if lifting it back reproduces us.
         classes = []
         for residue in range(period):
-            members = [self.period * c[0][0] + r for r, c in enumerate(self.classes) if c and r % period == residue]
-            bounded = any(iv[1] is not None for r, c in enumerate(self.classes) if r % period == residue for iv in c)
-            many = any(len(c) > 1 for r, c in enumerate(self.classes) if r % period == residue)
+            # the fine classes inside this coarse one, visited directly (scanning
+            # every fine class per coarse residue was quadratic in the period)
+            fine = [(r, self.classes[r]) for r in range(residue, self.period, period)]
+            members = [self.period * c[0][0] + r for r, c in fine if c]
+            bounded = any(iv[1] is not None for _, c in fine for iv in c)
+            many = any(len(c) > 1 for _, c in fine)
             if bounded or many:
                 return self._coarsened_by_listing(period)
             if members:
