@@ -15,8 +15,11 @@ stays light.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
@@ -28,7 +31,7 @@ import torch.nn as nn
 
 from ._errors import InputSpecError, ShapecalcError
 from .analysis import Analysis, _with_context
-from .domain import Domain
+from .domain import Domain, PeriodicSet
 from .propagate import META_KEY, SizeInterpreter
 from .symbolic import evaluate, format_expr
 from .tensors import IDENTITY, SymbolicTensor
@@ -45,6 +48,10 @@ SMALLEST, LARGEST = 3, 2
 INVALID_CHECKS = 4
 #: at most this many forward passes when shrinking a failure by hand
 SHRINK_BUDGET = 64
+#: candidate sizes whose undecided requirements are evaluated (no forward pass) in one search
+SEARCH_BUDGET = 20000
+#: how far a search for sizes to suggest may reach when --max-size excludes every valid one
+SUGGEST_LIMIT = 1 << 62
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -129,9 +136,28 @@ def _peak_elements(shapes: Mapping[str, Any]) -> int:
     return peak
 
 
+#: words torch's own size refusals use (conv, pool, linear/matmul on cpu and meta,
+#: broadcasting, cat, view/reshape, pads, norms, interpolate, unfold, pixel shuffle)
+_SIZE_WORDS = ("size", "shape", "dim", "broadcast", "padding", "kernel", "divisible", "value per channel",
+               "spatial element")
+
+
+def is_size_error(error: BaseException) -> bool:
+    """Whether ``error`` is torch refusing the input's sizes: a RuntimeError or
+    ValueError whose message is about sizes.  AttributeError, TypeError,
+    ImportError, NotImplementedError (an op missing on a device) or a dtype or
+    device clash are failures of the run itself, which say nothing about sizes."""
+    if isinstance(error, NotImplementedError) or not isinstance(error, (RuntimeError, ValueError)):
+        return False
+    text = str(error).lower()
+    return any(word in text for word in _SIZE_WORDS)
+
+
 def _is_resource_error(error: BaseException) -> bool:
     text = str(error).lower()
-    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+    # torch refuses a tensor whose byte count overflows int64 (even on meta): a limit, not a size rule
+    return (isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+            or "size calculation overflowed" in text)
 
 
 # ---------------------------------------------------------------------------
@@ -143,7 +169,8 @@ class Mismatch:
     """One disagreement between the engine and a forward pass."""
 
     sizes: dict[str, int]
-    kind: str                      # "size" | "error" (torch failed where valid) | "ran" (torch ran where invalid)
+    kind: str                      # "size" | "error" (torch refused valid sizes) | "ran" (torch ran invalid ones)
+                                   # | "broken" (the run failed with something other than a size error)
     node: Optional[str]
     op: Optional[str]
     predicted: Optional[str]       # the engine's expression(s) for the node
@@ -223,6 +250,12 @@ def _predicted_text(predicted) -> str:
     return repr(predicted)
 
 
+def _has_joint_sizes(domain: Domain) -> bool:
+    """Whether the valid sizes are more than the product of each symbol's set
+    (a requirement ties symbols, decided into cells, or one is undecided)."""
+    return bool(domain.undecided) or getattr(domain, "cells", None) is not None
+
+
 class ForwardChecker:
     """Runs a model at concrete input sizes and compares with an analysis.
 
@@ -241,6 +274,8 @@ class ForwardChecker:
         """The engine's verdict: in every symbol's set, and every undecided
         requirement true at these sizes."""
         domain = self.analysis.domain
+        if hasattr(type(domain), "__contains__"):
+            return env in domain  # the domain judges requirements tying several symbols itself
         if any(env[s] not in domain.sets[s] for s in self.analysis.symbols):
             return False
         return all(bool(evaluate(r.condition, env)) for r in domain.undecided)
@@ -257,20 +292,28 @@ class ForwardChecker:
                 recorder.run(x)
                 if self.device == "cuda":
                     torch.cuda.synchronize()
-        except Exception as error:  # torch refused these sizes
+        except Exception as error:
             peak = _peak_elements(recorder.shapes)
             if _is_resource_error(error):
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
                 return Outcome(sizes, claimed, False, 0, skipped=f"{type(error).__name__}: out of memory")
-            if not claimed:
-                return Outcome(sizes, claimed, False, 0, peak_elements=peak)
             node = recorder.failed_node
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raised = f"{type(error).__name__}: {first_line}"
+            if not is_size_error(error):
+                # not torch refusing sizes: this run confirms nothing either way
+                return Outcome(sizes, claimed, False, 0, Mismatch(
+                    sizes, "broken", node.name if node is not None else None,
+                    _op_of(node, self.graph_module) if node is not None else None, None, None, None,
+                    f"the forward pass failed with {raised}, which is not a size error, so verification "
+                    "cannot judge these sizes"), peak_elements=peak)
+            if not claimed:  # torch refused sizes the engine excludes: confirmed
+                return Outcome(sizes, claimed, False, 0, peak_elements=peak)
             return Outcome(sizes, claimed, False, 0, Mismatch(
                 sizes, "error", node.name if node is not None else None,
                 _op_of(node, self.graph_module) if node is not None else None, None, None, None,
-                f"the engine says these sizes are valid, but torch raised {type(error).__name__}: {first_line}"),
+                f"the engine says these sizes are valid, but torch raised {raised}"),
                 peak_elements=peak)
         peak = _peak_elements(recorder.shapes)
         if not claimed:  # predictions outside the domain mean nothing: the domain is wrong
@@ -315,11 +358,21 @@ class VerifyReport:
     seconds: float = 0.0
     size_range: dict[str, tuple[int, int]] = field(default_factory=dict)
     mismatch: Optional[Mismatch] = None
+    #: why no valid size was compared (None when some were, or after a mismatch)
+    problem: Optional[str] = None
+    #: the user's bounds (--max-size) exclude every valid size: a usage problem (exit 2)
+    out_of_bounds: bool = False
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     @property
     def passed(self) -> bool:
-        return self.mismatch is None
+        # a verification that compared nothing proves nothing
+        return self.mismatch is None and self.problem is None and self.nodes_compared > 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 passed, 2 when the bounds exclude every valid size, else 1."""
+        return 0 if self.passed else 2 if self.out_of_bounds and self.mismatch is None else 1
 
     def summary(self) -> str:
         ranges = ", ".join(f"{k} in {lo}..{hi}" for k, (lo, hi) in self.size_range.items())
@@ -327,6 +380,8 @@ class VerifyReport:
         lines = []
         if self.mismatch is not None:
             lines.append(self.mismatch.describe())
+        elif self.problem is not None:
+            lines.append(f"nothing compared: {self.problem}")
         verdict = "PASS" if self.passed else "FAIL"
         lines += [
             f"{verdict}: {self.model} --input {self.input} on {self.device}",
@@ -344,6 +399,7 @@ class VerifyReport:
             "model": self.model, "input": self.input, "device": self.device, "passed": self.passed,
             "examples": self.examples, "invalid_checked": self.invalid_checked,
             "nodes_compared": self.nodes_compared, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+            "problem": self.problem,
             "mismatch": None if m is None else {
                 "sizes": m.sizes, "kind": m.kind, "node": m.node, "op": m.op, "predicted": m.predicted,
                 "expected": m.expected, "actual": m.actual, "message": m.message, "shrunk_from": m.shrunk_from},
@@ -358,34 +414,109 @@ def _count(n: int, noun: str) -> str:
 # planning sizes
 
 
-def _valid_values(analysis: Analysis, symbol: sympy.Symbol, max_size: int) -> list[int]:
-    allowed = analysis.domain.sets[symbol]
-    return [n for n in range(1, max_size + 1) if n in allowed]
+class SizeIndex:
+    """The members of a :class:`PeriodicSet` from 1 to ``max_size`` in
+    increasing order, reached by index with integer arithmetic: nothing is
+    listed, so a bound of 10**12 costs what a bound of 100 does.
+
+    Sizes ``n = P*q + r`` fall in blocks ``q`` of ``P`` (the period).  Between
+    two interval ends of any class the set of residues present in a block
+    stays the same, so the members form runs of equal blocks; a running
+    count over those runs turns an index into a block, and the block's sorted
+    residues into the size."""
+
+    def __init__(self, valid: PeriodicSet, max_size: int):
+        self.valid, self.max_size = valid, max_size
+        period = valid.period
+        self._whole = (max_size + 1) // period  # blocks 0 .. whole-1 lie entirely in 0..max_size
+        changes: dict[int, int] = {}
+        for residue, intervals in enumerate(valid.classes):
+            for lo, hi in intervals:
+                first = max(lo, PeriodicSet.start(period, residue))  # n >= 1
+                stop = self._whole if hi is None else min(hi + 1, self._whole)
+                if first < stop:
+                    changes[first] = changes.get(first, 0) + 1
+                    changes[stop] = changes.get(stop, 0) - 1
+        self._starts, self._stops, self._widths, self._before = [], [], [], []
+        active, count, edges = 0, 0, sorted(changes)
+        for first, stop in zip(edges, edges[1:]):
+            active += changes[first]
+            if active:
+                self._starts.append(first)
+                self._stops.append(stop)
+                self._widths.append(active)
+                self._before.append(count)
+                count += active * (stop - first)
+        self._in_whole_blocks = count
+        last = max_size - period * self._whole  # residues 0..last of the partial block
+        self._partial = [r for r in self._residues_at(self._whole) if r <= last]
+        self.count = count + len(self._partial)
+        self._cache: dict[int, list[int]] = {}
+
+    def _residues_at(self, block: int) -> list[int]:
+        period = self.valid.period
+        return [r for r, intervals in enumerate(self.valid.classes)
+                if any(max(lo, PeriodicSet.start(period, r)) <= block and (hi is None or block <= hi) for lo, hi in intervals)]
+
+    def _run_residues(self, run: int) -> list[int]:
+        if run not in self._cache:
+            self._cache[run] = self._residues_at(self._starts[run])
+        return self._cache[run]
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __getitem__(self, index: int) -> int:
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(f"size index {index} out of range (0..{self.count - 1})")
+        if index >= self._in_whole_blocks:
+            return self.valid.period * self._whole + self._partial[index - self._in_whole_blocks]
+        run = bisect.bisect_right(self._before, index) - 1
+        block, position = divmod(index - self._before[run], self._widths[run])
+        return self.valid.period * (self._starts[run] + block) + self._run_residues(run)[position]
+
+    def rank(self, n: int) -> int:
+        """How many members are <= ``n``."""
+        n = min(n, self.max_size)
+        if n < 1:
+            return 0
+        block, residue = divmod(n, self.valid.period)
+        if block >= self._whole:
+            return self._in_whole_blocks + sum(1 for r in self._partial if r <= residue)
+        run = bisect.bisect_right(self._starts, block) - 1
+        if run < 0:
+            return 0
+        below = self._before[run] + self._widths[run] * (min(block, self._stops[run]) - self._starts[run])
+        if block < self._stops[run]:
+            below += sum(1 for r in self._run_residues(run) if r <= residue)
+        return below
 
 
-def _invalid_values(analysis: Analysis, symbol: sympy.Symbol, max_size: int) -> list[int]:
+def _invalid_values(valid: PeriodicSet, max_size: int) -> list[int]:
     """A few sizes the domain excludes: just below the smallest valid size,
     the smallest ones, and gaps between valid sizes."""
-    allowed = analysis.domain.sets[symbol]
-    invalid = [n for n in range(1, max_size + 1) if n not in allowed]
-    if len(invalid) <= INVALID_CHECKS:
-        return invalid
-    smallest = allowed.minimum()
-    below = [n for n in invalid if smallest is None or n < smallest]
-    picks = below[-2:] + invalid[:1] + [n for n in invalid if smallest is not None and n > smallest][:2]
+    invalid = SizeIndex(valid.complement(), max_size)
+    if invalid.count <= INVALID_CHECKS:
+        return [invalid[i] for i in range(invalid.count)]
+    smallest = valid.minimum()
+    below = invalid.count if smallest is None else invalid.rank(smallest)
+    picks = [invalid[i] for i in range(max(below - 2, 0), below)] + [invalid[0]]
+    picks += [invalid[i] for i in range(below, min(below + 2, invalid.count))]
     return sorted(dict.fromkeys(picks))[:INVALID_CHECKS]
 
 
-def _explicit_sizes(values: dict[str, list[int]]) -> list[dict[str, int]]:
+def _explicit_sizes(values: dict[str, SizeIndex]) -> list[dict[str, int]]:
     """The smallest sizes and a few large ones, alternating (a small budget
     still gets both ends), then (for 2+ symbols) mixes."""
     names = list(values)
     plans = []
     for i in range(max(SMALLEST, LARGEST)):
         if i < SMALLEST:
-            plans.append({k: v[min(i, len(v) - 1)] for k, v in values.items()})
+            plans.append({k: v[min(i, v.count - 1)] for k, v in values.items()})
         if i < LARGEST:
-            plans.append({k: v[max(len(v) - 1 - i, 0)] for k, v in values.items()})
+            plans.append({k: v[max(v.count - 1 - i, 0)] for k, v in values.items()})
     if len(names) >= 2:
         for name in names:
             plans.append({k: (v[-1] if k == name else v[0]) for k, v in values.items()})
@@ -450,6 +581,10 @@ def prepare(model: Union[str, nn.Module], input: Optional[str] = None, *, device
         input = DEFAULT_INPUTS.get(dimensions or 2, "HxW")
     spec = parse_input_spec(input) if isinstance(input, str) else input
     analysis = size_analysis(graph_module, spec, channels=channels, name=name)
+    if not isinstance(real, torch.fx.GraphModule) and torch.fx.Tracer().is_leaf_module(real, ""):
+        # trace_module traced Sequential(layer), whose node calls submodule "0":
+        # run what was traced, not the bare layer
+        real = nn.Sequential(real)
     return ForwardChecker(analysis, real, device)
 
 
@@ -468,9 +603,12 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
     ``examples`` valid sizes are run (default by device: 200 on meta/cuda, 40
     on cpu), drawn from the valid domain up to ``max_size`` (2048 / 1024 /
     512), always including the smallest and largest ones; a few sizes outside
-    the domain are run too and must fail.  The first disagreement is shrunk to
-    the smallest failing input.  ``progress(done, total)`` is called after
-    every forward pass.  Returns a :class:`VerifyReport`; prints nothing."""
+    the domain are run too and must fail with a size error from torch.  The
+    first disagreement is shrunk to the smallest failing input.  A run that
+    compares no valid size does not pass: ``report.problem`` says why (and
+    ``report.exit_code`` is 2 when ``max_size`` excludes every valid size).
+    ``progress(done, total)`` is called after every forward pass.  Returns a
+    :class:`VerifyReport`; prints nothing."""
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise InputSpecError(f"examples must be a positive integer, got {examples!r}")
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
@@ -487,7 +625,7 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
                           analysis.validity_sentence(), graph_nodes=len(checker._nodes))
     report.analysis_seconds = time.perf_counter() - started
     names = [str(s) for s in analysis.symbols]
-    values = {str(s): _valid_values(analysis, s, max_size) for s in analysis.symbols}
+    values = {str(s): SizeIndex(analysis.domain.sets[s], max_size) for s in analysis.symbols}
     cache: dict[tuple, Outcome] = {}
     done = [0]
 
@@ -505,10 +643,18 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
 
     # sizes outside the domain, the other symbols at their smallest valid size
     base = {k: (v[0] if v else 1) for k, v in values.items()}
-    invalid = [{**base, str(s): n} for s in analysis.symbols for n in _invalid_values(analysis, s, max_size)]
+    invalid = [{**base, str(s): n} for s in analysis.symbols
+               for n in _invalid_values(analysis.domain.sets[s], max_size)]
     runnable = all(values.values())
-    explicit = _explicit_sizes(values)[:examples] if runnable else []
-    drawn = max(examples - len(explicit), 0) if names else 0
+    listed: Optional[list[dict[str, int]]] = None  # valid sizes found by search (undecided requirements)
+    if names and runnable and _has_joint_sizes(analysis.domain):
+        listed, rejected = _search(checker, values, seed)
+        # sizes in every symbol's set that an undecided requirement rules out: torch must refuse them too
+        invalid += rejected[:INVALID_CHECKS // 2]
+        explicit = _listed_sample(listed, examples, seed)
+    else:
+        explicit = _explicit_sizes(values)[:examples] if runnable else []
+    drawn = max(examples - len(explicit), 0) if names and listed is None else 0
     total = len(invalid) + len(explicit) + drawn
 
     try:
@@ -520,9 +666,10 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
         for sizes in explicit:
             outcome = run(sizes)
             if outcome.mismatch:
-                report.mismatch = _shrink(outcome, values, run)
+                report.mismatch = (_shrink_listed(outcome, listed, run) if listed is not None
+                                   else _shrink(outcome, values, run))
                 return _finish(report, started)
-        available = math.prod(len(v) for v in values.values()) if runnable else 0
+        available = math.prod(v.count for v in values.values()) if runnable else 0
         for attempt in range(3):
             # hypothesis may stop a few short (duplicates it drew are not examples): top up
             missing = min(examples, available) - report.examples - report.skipped
@@ -531,13 +678,107 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
             report.mismatch = _draw(values, missing, seed + attempt, run, cache)
     finally:
         report.seconds = time.perf_counter() - started
+    if report.mismatch is None and report.nodes_compared == 0:
+        report.problem, report.out_of_bounds = _nothing_compared(checker, report, max_size, listed)
     return _finish(report, started)
+
+
+def _nothing_compared(checker: ForwardChecker, report: VerifyReport, max_size: int,
+                      listed: Optional[list]) -> tuple[str, bool]:
+    """Why no valid size was compared, with values that reach one; and
+    whether the user's --max-size is what excluded them."""
+    analysis = checker.analysis
+    for symbol in analysis.symbols:
+        if analysis.domain.sets[symbol].is_empty():
+            return f"the engine says the network runs for no {symbol}", False
+    if report.skipped:
+        return f"every valid size run ran out of memory on {report.device} (try a smaller --max-size)", False
+    if not analysis.symbols or (report.examples and listed is None):
+        return "the forward pass has no node whose size the engine predicts", False
+    unbounded = {str(s): SizeIndex(analysis.domain.sets[s], SUGGEST_LIMIT) for s in analysis.symbols}
+    found, _ = _search(checker, unbounded, 0, tops=False)
+    where = (f"meets {'; '.join(r.reason for r in analysis.domain.undecided)}" if analysis.domain.undecided
+             else "is valid")
+    if not found:
+        return (f"no size searched ({SEARCH_BUDGET} candidates) {where}; give a concrete --input at which the "
+                "network runs"), False
+    smallest = min(found, key=lambda s: (max(s.values()), sum(s.values())))
+    spec = "x".join(str(n) for n in smallest.values())
+    at = ", ".join(f"{k}={v}" for k, v in smallest.items())
+    if max(smallest.values()) > max_size:
+        return (f"no size up to --max-size {max_size} {where}; the smallest found is {at}: "
+                f"try --max-size {max(smallest.values())} or --input {spec}"), True
+    return f"no valid size was run ({at} is valid): try --input {spec}", False
+
+
+def _index_tuples(counts: list[int], total: int):
+    """Index tuples (one index per symbol, each below its count) with this sum."""
+    if len(counts) == 1:
+        if total < counts[0]:
+            yield (total,)
+        return
+    for first in range(min(total, counts[0] - 1) + 1):
+        for rest in _index_tuples(counts[1:], total - first):
+            yield (first, *rest)
+
+
+def _diagonals(counts: list[int]):
+    """Every index tuple, smallest index sum first: small sizes of all symbols before large ones."""
+    for total in range(sum(c - 1 for c in counts) + 1):
+        yield from _index_tuples(counts, total)
+
+
+def _search(checker: ForwardChecker, values: dict[str, SizeIndex], seed: int, *,
+            tops: bool = True) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
+    """Sizes in every symbol's set, sorted, that meet the undecided
+    requirements (no forward pass: the engine's conditions evaluated), and
+    those that do not.  At most SEARCH_BUDGET candidates: the smallest by
+    index sum, the largest the same way from the top, and random ones."""
+    names = list(values)
+    counts = [values[n].count for n in names]
+    symbols = checker._symbols
+    found: dict[tuple, dict[str, int]] = {}
+    rejected: list[dict[str, int]] = []
+    seen: set = set()
+    rng = random.Random(seed)
+
+    def sources():
+        yield from itertools.islice(_diagonals(counts), SEARCH_BUDGET // 2 if tops else SEARCH_BUDGET)
+        if tops:
+            for index in itertools.islice(_diagonals(counts), SEARCH_BUDGET // 4):
+                yield tuple(c - 1 - i for c, i in zip(counts, index))
+            for _ in range(SEARCH_BUDGET // 4):
+                yield tuple(rng.randrange(c) for c in counts)
+
+    for index in sources():
+        if index in seen:
+            continue
+        seen.add(index)
+        sizes = {n: values[n][i] for n, i in zip(names, index)}
+        if checker.claimed_valid({symbols[n]: v for n, v in sizes.items()}):
+            found[tuple(sizes.values())] = sizes
+        elif len(rejected) < INVALID_CHECKS:
+            rejected.append(sizes)
+    return [found[key] for key in sorted(found)], rejected
+
+
+def _listed_sample(listed: list[dict[str, int]], examples: int, seed: int) -> list[dict[str, int]]:
+    """The smallest and largest found sizes, then random others, ``examples`` in all."""
+    if len(listed) <= examples:
+        return list(listed)
+    ends = list(range(min(SMALLEST, examples))) + [len(listed) - 1 - i for i in range(LARGEST)]
+    chosen = list(dict.fromkeys(i for i in ends if 0 <= i < len(listed)))[:examples]
+    rest = [i for i in range(len(listed)) if i not in set(chosen)]
+    chosen += random.Random(seed).sample(rest, examples - len(chosen))
+    return [listed[i] for i in chosen]
 
 
 def _tally(report: VerifyReport, outcome: Outcome) -> None:
     if outcome.skipped:
         report.skipped += 1
         return
+    if outcome.mismatch is not None and outcome.mismatch.kind == "broken":
+        return  # confirms nothing
     if outcome.claimed_valid:
         report.examples += 1
         for name, n in outcome.sizes.items():
@@ -553,18 +794,21 @@ def _finish(report: VerifyReport, started: float) -> VerifyReport:
     return report
 
 
-def _shrink(outcome: Outcome, values: dict[str, list[int]], run) -> Mismatch:
+def _shrink(outcome: Outcome, values: dict[str, SizeIndex], run) -> Mismatch:
     """Smaller failing sizes, one symbol at a time, within a forward-pass budget."""
     current, budget = dict(outcome.sizes), SHRINK_BUDGET
     best = outcome.mismatch
+    per_symbol = budget // max(len(current), 1)
     for name in current:
-        smaller = [n for n in values[name] if n < current[name]]
-        if len(smaller) > budget // max(len(current), 1):
-            step = max(len(smaller) // (budget // (2 * max(len(current), 1)) or 1), 1)
-            smaller = sorted(set(smaller[:budget // (2 * max(len(current), 1))] + smaller[::step]))
-        for n in smaller:
+        below = values[name].rank(current[name] - 1)  # valid sizes smaller than the failing one
+        positions = range(below)
+        if below > per_symbol:
+            head = per_symbol // 2
+            step = max(below // (head or 1), 1)
+            positions = sorted(set(range(min(head, below))) | set(range(0, below, step)))
+        for position in positions:
             budget -= 1
-            attempt = run({**current, name: n})
+            attempt = run({**current, name: values[name][position]})
             if attempt.mismatch is not None:
                 current, best = dict(attempt.sizes), attempt.mismatch
                 break
@@ -575,13 +819,24 @@ def _shrink(outcome: Outcome, values: dict[str, list[int]], run) -> Mismatch:
     return Mismatch(**{**best.__dict__, "shrunk_from": dict(outcome.sizes)})
 
 
+def _shrink_listed(outcome: Outcome, listed: list[dict[str, int]], run) -> Mismatch:
+    """The smallest found size (no size larger than the failing one) that fails too."""
+    smaller = [s for s in listed if s != outcome.sizes and all(s[k] <= v for k, v in outcome.sizes.items())]
+    smaller.sort(key=lambda s: (sum(s.values()), tuple(s.values())))
+    for sizes in smaller[:SHRINK_BUDGET]:
+        attempt = run(sizes)
+        if attempt.mismatch is not None:
+            return Mismatch(**{**attempt.mismatch.__dict__, "shrunk_from": dict(outcome.sizes)})
+    return outcome.mismatch
+
+
 class _Found(Exception):
     def __init__(self, outcome: Outcome):
         super().__init__(outcome.mismatch.message)
         self.outcome = outcome
 
 
-def _draw(values: dict[str, list[int]], count: int, seed: int, run, previous: Mapping[tuple, Outcome]) -> Optional[Mismatch]:
+def _draw(values: dict[str, SizeIndex], count: int, seed: int, run, previous: Mapping[tuple, Outcome]) -> Optional[Mismatch]:
     """Draw ``count`` valid sizes with hypothesis; it shrinks a failure to the
     smallest failing sizes (sizes are drawn by index into the sorted valid
     values, so shrinking moves towards small sizes)."""
@@ -590,7 +845,7 @@ def _draw(values: dict[str, list[int]], count: int, seed: int, run, previous: Ma
     from hypothesis import strategies as st
 
     sizes = st.fixed_dictionaries({
-        name: st.integers(0, len(v) - 1).map(v.__getitem__) for name, v in values.items()})
+        name: st.integers(0, v.count - 1).map(v.__getitem__) for name, v in values.items()})
     first: list[Outcome] = []
     seen: dict[tuple, Outcome] = dict(previous)
 
