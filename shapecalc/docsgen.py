@@ -12,17 +12,20 @@ no versions, graph order throughout, so ``--check`` can compare bytes.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch.fx
 
-from ._errors import InputSpecError
+from ._errors import InputSpecError, ShapecalcError
 from .analysis import Analysis
 from .propagate import META_KEY
 from .symbolic import evaluate, format_expr
+from .specs import parse_sizes  # noqa: F401  (parsed torch-free; re-exported)
 from .tensors import SymbolicTensor
 
 #: typical sizes per input symbol, as in segmentation practice: an ImageNet
@@ -76,16 +79,6 @@ def typical_sizes(analysis: Analysis, sizes: Optional[Sequence[int]] = None) -> 
             if env not in environments:
                 environments.append(env)
     return environments
-
-
-def parse_sizes(text: Optional[str]) -> Optional[list[int]]:
-    """``"224,500,513"`` -> ``[224, 500, 513]`` (None stays None)."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= 10**6 for p in parts):
-        raise InputSpecError(f"bad --sizes {text!r}: give positive sizes separated by commas, e.g. 224,500,513")
-    return [int(p) for p in parts]
 
 
 def _next_valid(analysis: Analysis, symbol, wanted: int) -> Optional[int]:
@@ -360,29 +353,119 @@ def regenerate_command(models: Sequence[str], out, input: str = "H", sizes: Opti
     return " ".join(parts)
 
 
-def write_pages(pages: Sequence[Page], out: Union[str, Path]) -> list[Path]:
+def is_generated(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is a page ``shapecalc docs`` wrote: its first line is
+    the marker every page starts with.  Only such files are overwritten."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(len(_HEADER.encode()) + 2)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n") == _HEADER.encode()
+
+
+def _folder_problem(folder: Path) -> Optional[str]:
+    """Why ``folder`` cannot hold pages (None when it can, or does not exist yet)."""
+    for place in (folder, *folder.parents):
+        if os.path.lexists(place):
+            if os.path.isdir(place):
+                return None
+            below = "" if place == folder else f", so {folder} cannot be one"
+            return f"{place} is a file, not a folder{below}"
+    return None
+
+
+def write_pages(pages: Sequence[Page], out: Union[str, Path], *, force: bool = False) -> list[Path]:
+    """Write ``pages`` into ``out``: all of them or, on a failure, none.
+
+    A file that is not a generated page (no marker line: a hand-written
+    README.md) is refused unless ``force``.  Each page goes to a temporary
+    file in ``out`` and is renamed over the old one, so a reader (or a second
+    writer) sees the old page or the new one, never a partial page."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for page in pages:
-        path = folder / page.filename
-        path.write_text(page.text, encoding="utf-8", newline="\n")
-        written.append(path)
+    problem = _folder_problem(folder)
+    if problem:
+        raise ShapecalcError(f"cannot write pages to {folder}: {problem}")
+    targets = [(folder / page.filename, page) for page in pages]
+    for path, _ in targets:
+        if os.path.isdir(path):
+            raise ShapecalcError(f"cannot write {path}: it is a folder")
+    foreign = [path for path, _ in targets if os.path.lexists(path) and not is_generated(path)]
+    if foreign and not force:
+        names = ", ".join(str(p) for p in foreign)
+        raise ShapecalcError(f"not overwriting {names}: not written by shapecalc docs (its first line is not the "
+                             "generated-page marker); no page changed; move it away or pass --force")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ShapecalcError(f"cannot create {folder}: {error.strerror or error}") from error
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, page in targets:
+            staged.append((_stage(path, page.text), path))
+        written = []
+        for temporary, path in staged:
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                done = f"; already replaced: {', '.join(p.name for p in written)}" if written else "; no page changed"
+                raise ShapecalcError(f"cannot replace {path}: {error.strerror or error}{done}") from error
+            written.append(path)
+    finally:
+        for temporary, _ in staged:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
     return written
 
 
+def _stage(path: Path, text: str) -> Path:
+    """``text`` in a new file next to ``path``; the caller renames it into place."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # a MODEL path with bytes that are not UTF-8 reaches Python as surrogates
+        raise ShapecalcError(f"cannot write {path}: its text is not UTF-8 ({error.reason}); no page changed") \
+            from error
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # 0o666 and the umask: the mode a plain open() would give the page
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise ShapecalcError(f"cannot write {path}: {error.strerror or error}; no page changed") from error
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as error:
+        os.unlink(temporary)
+        raise ShapecalcError(f"cannot write {path}: {error.strerror or error}; no page changed") from error
+    return temporary
+
+
 def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool = False) -> list[str]:
-    """One message per page in ``out`` that is missing or differs from
-    ``pages`` (with the first lines of the difference); with ``complete``,
-    also per ``.md`` file in ``out`` that no page accounts for."""
+    """One message per page in ``out`` that is missing, is not a generated
+    page, or differs from ``pages`` (with the first lines of the difference);
+    with ``complete``, also per ``.md`` file in ``out`` that no page accounts for."""
     folder = Path(out)
+    problem = _folder_problem(folder)
+    if problem:
+        raise ShapecalcError(f"cannot check pages in {folder}: {problem}")
     problems = []
     for page in pages:
         path = folder / page.filename
-        if not path.is_file():
+        if not os.path.isfile(path):
             problems.append(f"{path} is missing (shapecalc docs would write it)")
             continue
-        current = path.read_text(encoding="utf-8")
+        if not is_generated(path):
+            problems.append(f"{path} is not a generated page (no marker line): shapecalc docs would write "
+                            "this page there (with --force, over the file)")
+            continue
+        try:
+            current = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            problems.append(f"{path} cannot be read: {error}")
+            continue
         if current == page.text:
             continue
         problems.append(f"{path} is stale: it differs from what shapecalc gives now\n"
@@ -393,4 +476,3 @@ def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool 
             if path.name not in names:
                 problems.append(f"{path} is stale: no bundled model generates it")
     return problems
-
