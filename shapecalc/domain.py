@@ -24,12 +24,14 @@ from typing import Iterable, Iterator, Optional, Sequence
 import sympy
 
 from ._errors import DomainError
-from .symbolic import FloorDiv, compiled, format_expr
+from .symbolic import FloorDiv, compiled, evaluate, format_expr
 
 #: the largest period decided residue class by residue class
 MAX_PERIOD = 1 << 14
 #: sizes beyond which a monotone search gives up (documented limit)
 SEARCH_LIMIT = 1 << 128
+#: the largest polynomial degree (in k, per residue class) decided exactly
+MAX_DEGREE = 8
 #: sizes listed one by one when a period is reduced past bounded runs
 LISTING_LIMIT = 1 << 12
 
@@ -80,19 +82,125 @@ def _complement(a: Sequence[Interval], start: int) -> tuple[Interval, ...]:
 
 
 # ---------------------------------------------------------------------------
-# piecewise-affine functions of k on one residue class
+# piecewise-polynomial functions of k on one residue class
+#
+# A floor of an affine term is affine in k on a residue class; products of
+# such terms (a flattened feature count, a view's element count) are
+# polynomials in k.  Their sign on the integers is decided exactly through
+# forward differences: where p(k+1) - p(k) keeps one sign, p is monotone, and
+# a monotone integer sequence changes sign once (found by bisection).
+
+Polynomial = tuple[Fraction, ...]  # coefficients, constant first, no trailing zeros
+
+
+def _trimmed(coefficients) -> Polynomial:
+    coefficients = list(coefficients)
+    while len(coefficients) > 1 and coefficients[-1] == 0:
+        coefficients.pop()
+    return tuple(coefficients) or (Fraction(0),)
+
+
+def _poly_add(p: Polynomial, q: Polynomial) -> Polynomial:
+    size = max(len(p), len(q))
+    return _trimmed((p[i] if i < len(p) else 0) + (q[i] if i < len(q) else 0) for i in range(size))
+
+
+def _poly_mul(p: Polynomial, q: Polynomial) -> Polynomial:
+    out = [Fraction(0)] * (len(p) + len(q) - 1)
+    for i, a in enumerate(p):
+        for j, b in enumerate(q):
+            out[i + j] += a * b
+    return _trimmed(out)
+
+
+def _poly_value(p: Polynomial, k: int) -> Fraction:
+    value = Fraction(0)
+    for c in reversed(p):
+        value = value * k + c
+    return value
+
+
+def _forward_difference(p: Polynomial) -> Polynomial:
+    """p(k + 1) - p(k), one degree lower."""
+    shifted = [Fraction(0)] * len(p)
+    for i, c in enumerate(p):
+        for j in range(i + 1):
+            shifted[j] += c * math.comb(i, j)
+    return _trimmed(s - c for s, c in zip(shifted[:-1], p[:-1]))
+
+
+def _sign(value) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _first_true(holds, lo: int, hi: Optional[int]) -> Optional[int]:
+    """The smallest k in [lo, hi] with holds(k), for holds false then true."""
+    if holds(lo):
+        return lo
+    if hi is None:
+        step = 1
+        while not holds(lo + step):
+            step *= 2
+            if step > SEARCH_LIMIT:
+                raise DomainError("a polynomial condition changes sign beyond the search limit")
+        low, high = lo + step // 2, lo + step
+    else:
+        if not holds(hi):
+            return None
+        low, high = lo, hi
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _sign_runs(p: Polynomial, lo: int, hi: Optional[int]) -> list[tuple[int, Optional[int], int]]:
+    """Maximal runs (first, last, sign) of the sign of p on the integers of [lo, hi]."""
+    if len(p) == 1:
+        return [(lo, hi, _sign(p[0]))]
+    if hi is not None and hi <= lo:
+        return [(lo, lo, _sign(_poly_value(p, lo)))]
+    steps = _sign_runs(_forward_difference(p), lo, None if hi is None else hi - 1)
+    runs: list[list] = []
+    for index, (a, b, step_sign) in enumerate(steps):
+        end = hi if index == len(steps) - 1 else b  # the last step run also covers hi
+        direction = 1 if step_sign >= 0 else -1     # p is monotone on [a, end]
+        # on a monotone run the sign goes -1, 0, 1 (rising) or 1, 0, -1 (falling)
+        zero_from = _first_true(lambda k: direction * _poly_value(p, k) >= 0, a, end)
+        positive_from = None if zero_from is None else _first_true(
+            lambda k: direction * _poly_value(p, k) > 0, zero_from, end)
+        pieces = []
+        if zero_from is None:
+            pieces.append((a, end, -direction))
+        else:
+            if zero_from > a:
+                pieces.append((a, zero_from - 1, -direction))
+            if positive_from is None:
+                pieces.append((zero_from, end, 0))
+            else:
+                if positive_from > zero_from:
+                    pieces.append((zero_from, positive_from - 1, 0))
+                pieces.append((positive_from, end, direction))
+        for first, last, sign in pieces:
+            if runs and runs[-1][2] == sign and runs[-1][1] is not None and runs[-1][1] + 1 >= first:
+                runs[-1][1] = last
+            else:
+                runs.append([first, last, sign])
+    return [tuple(r) for r in runs]
 
 
 @dataclass(frozen=True)
 class _Segment:
     lo: int
     hi: Optional[int]
-    slope: Fraction
-    intercept: Fraction
+    coefficients: Polynomial  # the value at k, constant first
 
 
 def _constant(value, start: int) -> list[_Segment]:
-    return [_Segment(start, None, Fraction(0), Fraction(value))]
+    return [_Segment(start, None, (Fraction(value),))]
 
 
 def _common_pieces(f: list[_Segment], g: list[_Segment]) -> Iterator[tuple[int, Optional[int], _Segment, _Segment]]:
@@ -113,14 +221,20 @@ def _common_pieces(f: list[_Segment], g: list[_Segment]) -> Iterator[tuple[int, 
             j += 1
 
 
-def _combine(f, g, slope_op, intercept_op) -> list[_Segment]:
-    return [_Segment(lo, hi, slope_op(a.slope, b.slope), intercept_op(a.intercept, b.intercept))
-            for lo, hi, a, b in _common_pieces(f, g)]
+def _combine(f, g, operation) -> list[_Segment]:
+    return [_Segment(lo, hi, operation(a.coefficients, b.coefficients)) for lo, hi, a, b in _common_pieces(f, g)]
+
+
+def _difference(a: _Segment, b: _Segment, lo: int, hi: Optional[int]) -> _Segment:
+    return _Segment(lo, hi, _poly_add(a.coefficients, tuple(-c for c in b.coefficients)))
 
 
 def _nonnegative_part(segment: _Segment, lo: int, hi: Optional[int]) -> tuple[Interval, ...]:
-    """Integers k in [lo, hi] with slope*k + intercept >= 0."""
-    a, b = segment.slope, segment.intercept
+    """Integers k in [lo, hi] with p(k) >= 0."""
+    p = segment.coefficients
+    if len(p) > 2:
+        return _normalise((first, last) for first, last, sign in _sign_runs(p, lo, hi) if sign >= 0)
+    b, a = p[0], (p[1] if len(p) > 1 else Fraction(0))
     if a == 0:
         return ((lo, hi),) if b >= 0 else ()
     bound = -b / a
@@ -133,7 +247,10 @@ def _nonnegative_part(segment: _Segment, lo: int, hi: Optional[int]) -> tuple[In
 
 
 def _zero_part(segment: _Segment, lo: int, hi: Optional[int]) -> tuple[Interval, ...]:
-    a, b = segment.slope, segment.intercept
+    p = segment.coefficients
+    if len(p) > 2:
+        return _normalise((first, last) for first, last, sign in _sign_runs(p, lo, hi) if sign == 0)
+    b, a = p[0], (p[1] if len(p) > 1 else Fraction(0))
     if a == 0:
         return ((lo, hi),) if b == 0 else ()
     root = -b / a
@@ -146,7 +263,7 @@ def _restrict(f: list[_Segment], region: Sequence[Interval]) -> list[_Segment]:
     out = []
     for seg in f:
         for lo, hi in _intersect([(seg.lo, seg.hi)], region):
-            out.append(_Segment(lo, hi, seg.slope, seg.intercept))
+            out.append(_Segment(lo, hi, seg.coefficients))
     return out
 
 
@@ -172,16 +289,16 @@ class _ResidueClass:
         if expr.is_Symbol:
             if expr != self.symbol:
                 raise DomainError(f"condition mixes {expr} and {self.symbol}")
-            return [_Segment(self.start, None, Fraction(self.period), Fraction(self.residue))]
+            return [_Segment(self.start, None, (Fraction(self.residue), Fraction(self.period)))]
         if expr.is_Add:
-            parts = [self.affine(a) for a in expr.args]
-            return reduce(lambda f, g: _combine(f, g, Fraction.__add__, Fraction.__add__), parts)
+            return reduce(lambda f, g: _combine(f, g, _poly_add), [self.affine(a) for a in expr.args])
         if expr.is_Mul:
-            coefficient, rest = expr.as_coeff_Mul()
-            if rest.is_Mul and any(not a.is_Number for a in rest.args[1:]):
-                raise DomainError(f"{format_expr(expr)} is not affine in {self.symbol}")
-            c = Fraction(int(coefficient.p), int(coefficient.q))
-            return [_Segment(s.lo, s.hi, s.slope * c, s.intercept * c) for s in self.affine(rest)]
+            # products of sizes (a flattened feature count) are polynomials in k
+            return reduce(lambda f, g: self._bounded(_combine(f, g, _poly_mul), expr),
+                          [self.affine(a) for a in expr.args])
+        if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
+            base = self.affine(expr.base)
+            return reduce(lambda f, g: self._bounded(_combine(f, g, _poly_mul), expr), [base] * int(expr.exp))
         if isinstance(expr, (FloorDiv, sympy.floor, sympy.ceiling)):
             if isinstance(expr, FloorDiv):
                 inner, q, rounding = self.affine(expr.numerator), expr.divisor, math.floor
@@ -189,10 +306,13 @@ class _ResidueClass:
                 inner, q, rounding = self.affine(expr.args[0]), 1, (math.floor if isinstance(expr, sympy.floor) else math.ceil)
             out = []
             for s in inner:
-                slope = s.slope / q
-                if slope.denominator != 1:
-                    raise DomainError(f"internal: period {self.period} too small for {format_expr(expr)}")
-                out.append(_Segment(s.lo, s.hi, slope, Fraction(rounding(s.intercept / q))))
+                # floor(p(k)/q) is a polynomial when every non-constant
+                # coefficient is a multiple of q (the period includes q)
+                scaled = [c / q for c in s.coefficients[1:]]
+                if any(c.denominator != 1 for c in scaled):
+                    raise DomainError(f"{format_expr(expr)} is not polynomial on residue classes of {self.symbol} "
+                                      f"(period {self.period})")
+                out.append(_Segment(s.lo, s.hi, _trimmed([Fraction(rounding(s.coefficients[0] / q)), *scaled])))
             return out
         if isinstance(expr, (sympy.Min, sympy.Max)):
             pick_first_when_nonneg = isinstance(expr, sympy.Max)
@@ -207,11 +327,15 @@ class _ResidueClass:
             return sorted(out, key=lambda s: s.lo)
         raise DomainError(f"cannot decide conditions on {type(expr).__name__}: {format_expr(expr)}")
 
+    def _bounded(self, segments: list[_Segment], expr) -> list[_Segment]:
+        if any(len(s.coefficients) > MAX_DEGREE + 1 for s in segments):
+            raise DomainError(f"{format_expr(expr)} has degree above {MAX_DEGREE} in {self.symbol}")
+        return segments
+
     def _min_max(self, f, g, pick_first_when_nonneg: bool) -> list[_Segment]:
         out = []
         for lo, hi, a, b in _common_pieces(f, g):
-            difference = _Segment(lo, hi, a.slope - b.slope, a.intercept - b.intercept)
-            first = _nonnegative_part(difference, lo, hi)
+            first = _nonnegative_part(_difference(a, b, lo, hi), lo, hi)
             second = _complement(first, lo)
             if hi is not None:
                 second = _intersect(second, [(lo, hi)])
@@ -219,7 +343,7 @@ class _ResidueClass:
                 first, second = second, first
                 # For Min, ties (difference 0) may go either way: values are equal.
             for region, seg in ((first, a), (second, b)):
-                out.extend(_Segment(l, h, seg.slope, seg.intercept) for l, h in region)
+                out.extend(_Segment(l, h, seg.coefficients) for l, h in region)
         return sorted(out, key=lambda s: s.lo)
 
     def truth(self, condition: sympy.Basic) -> tuple[Interval, ...]:
@@ -359,6 +483,9 @@ class PeriodicSet:
     def difference(self, other: "PeriodicSet") -> "PeriodicSet":
         return self.intersection(other.complement())
 
+    def union(self, other: "PeriodicSet") -> "PeriodicSet":
+        return self.complement().intersection(other.complement()).complement()
+
     def is_empty(self) -> bool:
         return not any(self.classes)
 
@@ -441,6 +568,22 @@ class PeriodicSet:
         candidate = PeriodicSet(period, tuple(classes))
         return candidate if candidate._lifted(self.period) == list(self.classes) else None
 
+    def plain(self) -> "PeriodicSet":
+        """A finite set written without a period (``H = 1``, not ``H = 16k + 1 from 1 to 1``)."""
+        members = []
+        for residue, intervals in enumerate(self.classes):
+            for lo, hi in intervals:
+                if hi is None or len(members) + hi - lo > LISTING_LIMIT:
+                    return self
+                members.extend(self.period * k + residue for k in range(lo, hi + 1))
+        runs: list[list[int]] = []
+        for n in sorted(members):
+            if runs and runs[-1][1] + 1 == n:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n])
+        return PeriodicSet(1, (tuple((lo, hi) for lo, hi in runs),))
+
     def describe(self, symbol: str) -> str:
         """A sentence a person reads, e.g. ``every H >= 1``."""
         if self.is_empty():
@@ -513,6 +656,241 @@ def condition_set(condition: sympy.Basic, symbol: sympy.Symbol) -> PeriodicSet:
 
 
 # ---------------------------------------------------------------------------
+# conditions on several symbols
+#
+# A condition on several sizes is kept as a union of cells: in each cell every
+# symbol ranges over its own periodic set, and some symbols may be tied equal
+# (``H == W``).  What a forward pass asks of two sizes almost always has this
+# form: broadcasting (H == W, or one of them 1), a feature count or a view
+# (a product of per-symbol sizes equal to a constant: finitely many factor
+# pairs), a norm's "more than one value" (a product above a small bound).
+
+#: cells a condition may expand into before it counts as undecided
+MAX_CELLS = 256
+#: the largest bound a product inequality is split at (A*B >= t: t cases)
+MAX_PRODUCT_BOUND = 64
+
+
+class _Cell:
+    """Sizes where each symbol lies in its set and tied symbols are equal."""
+
+    __slots__ = ("sets", "ties")
+
+    def __init__(self, sets: dict, ties: tuple = ()):
+        self.sets, self.ties = sets, ties
+
+    @classmethod
+    def tied_equal(cls, symbols) -> "_Cell":
+        return cls({}, (frozenset(symbols),))
+
+    def projection(self, symbol) -> PeriodicSet:
+        return self.sets.get(symbol) or PeriodicSet.everything()
+
+    def intersection(self, other: "_Cell") -> Optional["_Cell"]:
+        """The common part, or None when it is empty."""
+        sets = dict(self.sets)
+        for symbol, allowed in other.sets.items():
+            sets[symbol] = sets[symbol].intersection(allowed) if symbol in sets else allowed
+        groups: list[set] = []
+        for tie in (*self.ties, *other.ties):
+            merged = set(tie)
+            for group in [g for g in groups if g & merged]:
+                merged |= group
+                groups.remove(group)
+            groups.append(merged)
+        for group in groups:
+            common = reduce(PeriodicSet.intersection, [sets[s] for s in group if s in sets], PeriodicSet.everything())
+            for s in group:
+                sets[s] = common
+        if any(allowed.is_empty() for allowed in sets.values()):
+            return None
+        ties = tuple(sorted((frozenset(g) for g in groups), key=lambda g: sorted(map(str, g))))
+        return _Cell(sets, ties)
+
+    def contains(self, sizes) -> bool:
+        return (all(sizes[s] in allowed for s, allowed in self.sets.items())
+                and all(len({sizes[s] for s in tie}) == 1 for tie in self.ties))
+
+    def key(self):
+        return tuple(sorted((str(s), v) for s, v in self.sets.items())), self.ties
+
+    def smallest(self, symbols) -> dict[str, int]:
+        return {str(s): self.projection(s).minimum() for s in sorted(symbols, key=str)}
+
+
+def _cells_intersection(a: list[_Cell], b: list[_Cell]) -> list[_Cell]:
+    out: dict = {}
+    for x in a:
+        for y in b:
+            cell = x.intersection(y)
+            if cell is not None:
+                out.setdefault(cell.key(), cell)
+                if len(out) > MAX_CELLS:
+                    raise DomainError(f"the condition splits into more than {MAX_CELLS} cases")
+    return list(out.values())
+
+
+def _negated(condition: sympy.Basic) -> sympy.Basic:
+    if isinstance(condition, sympy.And):
+        return sympy.Or(*[_negated(c) for c in condition.args])
+    if isinstance(condition, sympy.Or):
+        return sympy.And(*[_negated(c) for c in condition.args])
+    if isinstance(condition, sympy.Not):
+        return condition.args[0]
+    if isinstance(condition, sympy.core.relational.Relational):
+        return condition.negated
+    if condition is sympy.true or condition is sympy.false:
+        return sympy.false if condition is sympy.true else sympy.true
+    raise DomainError(f"cannot negate {condition}")
+
+
+def condition_cells(condition: sympy.Basic) -> list[_Cell]:
+    """``condition`` on any number of symbols as an exact union of cells
+    (DomainError when it has no such form here)."""
+    if condition is sympy.true:
+        return [_Cell({})]
+    if condition is sympy.false:
+        return []
+    symbols = condition.free_symbols
+    if len(symbols) == 1:
+        (symbol,) = symbols
+        allowed = condition_set(condition, symbol)
+        return [] if allowed.is_empty() else [_Cell({symbol: allowed})]
+    if isinstance(condition, sympy.And):
+        return reduce(_cells_intersection, [condition_cells(c) for c in condition.args], [_Cell({})])
+    if isinstance(condition, sympy.Or):
+        cells: dict = {}
+        for c in condition.args:
+            for cell in condition_cells(c):
+                cells.setdefault(cell.key(), cell)
+        return list(cells.values())
+    if isinstance(condition, sympy.Not):
+        return condition_cells(_negated(condition.args[0]))
+    if isinstance(condition, sympy.core.relational.Relational):
+        return _relation_cells(condition)
+    raise DomainError(f"cannot decide {condition}")
+
+
+def _relation_cells(relation) -> list[_Cell]:
+    difference = sympy.expand(relation.lhs - relation.rhs)
+    terms = difference.as_coefficients_dict()
+    variable = {t: c for t, c in terms.items() if t != 1}
+    # x == y between two symbols, up to a common factor
+    if isinstance(relation, sympy.Eq) and len(variable) == 2 and not terms.get(sympy.Integer(1)):
+        (x, cx), (y, cy) = variable.items()
+        if x.is_Symbol and y.is_Symbol and cx == -cy:
+            return [_Cell.tied_equal((x, y))]
+    # (product of per-symbol factors) compared with a constant
+    if len(variable) != 1:
+        raise DomainError(f"{relation} is not a product of per-symbol sizes against a constant")
+    ((product, coefficient),) = variable.items()
+    groups: dict = {}
+    for factor in sympy.Mul.make_args(product):
+        owners = factor.free_symbols
+        if len(owners) != 1:
+            raise DomainError(f"{factor} mixes symbols in {relation}")
+        groups.setdefault(next(iter(owners)), []).append(factor)
+    factors = [sympy.Mul(*fs) for _, fs in sorted(groups.items(), key=lambda item: str(item[0]))]
+    constant = terms.get(sympy.Integer(1), sympy.Integer(0))
+    target = Fraction(int((-constant).p), int((-constant).q)) / Fraction(int(coefficient.p), int(coefficient.q))
+    kind = type(relation)
+    if coefficient < 0:  # dividing by a negative coefficient flips the comparison
+        kind = {sympy.Ge: sympy.Le, sympy.Gt: sympy.Lt, sympy.Le: sympy.Ge, sympy.Lt: sympy.Gt}.get(kind, kind)
+    if kind is sympy.Eq:
+        return _product_equal(factors, target) if target.denominator == 1 else []
+    if kind is sympy.Ne:
+        if target.denominator != 1:
+            return [_Cell({})]
+        return _union(_product_at_least(factors, int(target) + 1), _product_at_most(factors, int(target) - 1))
+    if kind is sympy.Ge:
+        return _product_at_least(factors, math.ceil(target))
+    if kind is sympy.Gt:
+        return _product_at_least(factors, math.floor(target) + 1)
+    if kind is sympy.Le:
+        return _product_at_most(factors, math.floor(target))
+    if kind is sympy.Lt:
+        return _product_at_most(factors, math.ceil(target) - 1)
+    raise DomainError(f"cannot decide {relation}")
+
+
+def _union(*cell_lists) -> list[_Cell]:
+    cells: dict = {}
+    for cell in (c for cells_ in cell_lists for c in cells_):
+        cells.setdefault(cell.key(), cell)
+    if len(cells) > MAX_CELLS:
+        raise DomainError(f"the condition splits into more than {MAX_CELLS} cases")
+    return list(cells.values())
+
+
+def _single(factor, relation) -> list[_Cell]:
+    (symbol,) = factor.free_symbols
+    allowed = condition_set(relation, symbol)
+    return [] if allowed.is_empty() else [_Cell({symbol: allowed})]
+
+
+def _with(factor, relation, rest: list[_Cell]) -> list[_Cell]:
+    return _cells_intersection(_single(factor, relation), rest) if rest else []
+
+
+def _product_equal(factors, target: int) -> list[_Cell]:
+    """Integer factors whose product is ``target``: finitely many divisor splits."""
+    first, rest = factors[0], factors[1:]
+    if not rest:
+        return _single(first, sympy.Eq(first, int(target), evaluate=False))
+    target = int(target)
+    if target == 0:
+        return _union(_single(first, sympy.Eq(first, 0, evaluate=False)), _product_equal(rest, 0))
+    divisors = [d for d in range(1, math.isqrt(abs(target)) + 1) if target % d == 0]
+    divisors = sorted(set(divisors + [abs(target) // d for d in divisors]))
+    if 2 * len(divisors) > MAX_CELLS:
+        raise DomainError(f"{target} has too many divisors to split")
+    cases = []
+    for d in divisors:
+        for value in (d, -d):
+            cases.append(_with(first, sympy.Eq(first, value, evaluate=False), _product_equal(rest, target // value)))
+    return _union(*cases)
+
+
+def _product_at_least(factors, bound: int) -> list[_Cell]:
+    """Integer factors whose product is at least ``bound``."""
+    first, rest = factors[0], factors[1:]
+    if not rest:
+        return _single(first, sympy.Ge(first, bound, evaluate=False))
+    if abs(bound) > MAX_PRODUCT_BOUND:
+        raise DomainError(f"a product bound of {bound} splits into too many cases")
+    if bound <= 0:
+        # at least 0: both factors of one sign; a negative bound adds the few values below 0
+        nonnegative = _union(
+            _with(first, sympy.Ge(first, 0, evaluate=False), _product_at_least(rest, 0)),
+            _with(first, sympy.Le(first, 0, evaluate=False), _product_at_most(rest, 0)))
+        return _union(nonnegative, *[_product_equal(factors, v) for v in range(bound, 0)])
+    cases = [_with(first, sympy.Ge(first, bound, evaluate=False), _product_at_least(rest, 1)),
+             _with(first, sympy.Le(first, -bound, evaluate=False), _product_at_most(rest, -1))]
+    for d in range(1, bound):
+        need = -(-bound // d)
+        cases.append(_with(first, sympy.Eq(first, d, evaluate=False), _product_at_least(rest, need)))
+        cases.append(_with(first, sympy.Eq(first, -d, evaluate=False), _product_at_most(rest, -need)))
+    return _union(*cases)
+
+
+def _product_at_most(factors, bound: int) -> list[_Cell]:
+    # a*b <= t  <=>  (-a)*b >= -t
+    return _product_at_least([-factors[0], *factors[1:]], -bound)
+
+
+def _describe_cell(cell: _Cell, projections: dict) -> str:
+    parts = [" = ".join(sorted(map(str, tie))) for tie in cell.ties]
+    # a tied group's common set is named once, by its first symbol
+    followers = {s for tie in cell.ties for s in sorted(tie, key=str)[1:]}
+    for symbol in sorted(cell.sets, key=str):
+        allowed = cell.sets[symbol]
+        if symbol in followers or allowed == projections.get(symbol):
+            continue
+        parts.append(allowed.plain().describe(str(symbol)).removeprefix("every "))
+    return " and ".join(parts) or "any sizes"
+
+
+# ---------------------------------------------------------------------------
 # the running domain of one trace
 
 
@@ -527,12 +905,22 @@ class Requirement:
 
 @dataclass
 class Domain:
-    """The valid input sizes, built up one requirement at a time."""
+    """The valid input sizes, built up one requirement at a time.
+
+    ``sets`` holds, per symbol, the sizes that occur in some valid input (its
+    projection).  Requirements tying several symbols are decided exactly into
+    ``cells`` (None while the domain is a plain product of ``sets``);
+    ``undecided`` holds what could not be decided, and then ``sets`` is an
+    upper bound."""
 
     symbols: tuple[sympy.Symbol, ...]
     sets: dict[sympy.Symbol, PeriodicSet] = field(default_factory=dict)
     requirements: list[Requirement] = field(default_factory=list)
     undecided: list[Requirement] = field(default_factory=list)
+    #: requirements on several symbols that were decided exactly
+    joint: list[Requirement] = field(default_factory=list)
+    #: the valid sizes as a union of cells, once some requirement ties symbols
+    cells: Optional[list[_Cell]] = field(default=None, repr=False)
 
     def __post_init__(self):
         for s in self.symbols:
@@ -541,16 +929,38 @@ class Domain:
     def add(self, requirement: Requirement) -> None:
         self.requirements.append(requirement)
         symbols = requirement.condition.free_symbols
-        if len(symbols) != 1:
+        if not symbols or not symbols <= set(self.sets):
             self.undecided.append(requirement)
             return
-        (symbol,) = symbols
         try:
-            allowed = condition_set(requirement.condition, symbol)
+            if len(symbols) == 1:
+                (symbol,) = symbols
+                restriction = [_Cell({symbol: condition_set(requirement.condition, symbol)})]
+            else:
+                restriction = condition_cells(requirement.condition)
+            cells = _cells_intersection(self._cells_or_box(), restriction)
         except DomainError:
             self.undecided.append(requirement)
             return
-        self.sets[symbol] = self.sets[symbol].intersection(allowed)
+        if len(symbols) > 1:
+            self.joint.append(requirement)
+        for s in self.symbols:
+            self.sets[s] = reduce(PeriodicSet.union, [c.projection(s) for c in cells], PeriodicSet.at_least(None))
+        # a union that is just the product of its projections needs no cells
+        plain = len(cells) == 1 and not cells[0].ties
+        self.cells = None if plain or (not cells and self.cells is None) else cells
+
+    def _cells_or_box(self) -> list[_Cell]:
+        return self.cells if self.cells is not None else [_Cell(dict(self.sets))]
+
+    def __contains__(self, sizes) -> bool:
+        """Whether the engine counts the sizes ``{symbol: n}`` as valid
+        (undecided requirements are evaluated at them)."""
+        if any(sizes[s] not in self.sets[s] for s in self.symbols):
+            return False
+        if self.cells is not None and not any(c.contains(sizes) for c in self.cells):
+            return False
+        return all(bool(evaluate(r.condition, sizes)) for r in self.undecided)
 
     def always(self, condition: sympy.Basic) -> Optional[bool]:
         """True if ``condition`` holds for every size in the domain so far,
@@ -559,30 +969,66 @@ class Domain:
             return True
         if condition is sympy.false:
             return False
-        symbols = condition.free_symbols
-        if len(symbols) != 1 or self.undecided:
+        failing = self._failing_cells(condition)
+        if failing is None:
             return None
-        (symbol,) = symbols
+        if not failing:
+            return True
+        # holding on an upper bound of the domain is proof; failing there is
+        # proof only when nothing was left undecided
+        return None if self.undecided else False
+
+    def _failing_cells(self, condition) -> Optional[list[_Cell]]:
+        """Cells of valid sizes where ``condition`` fails ([]: nowhere; None: not decidable)."""
+        symbols = condition.free_symbols
+        if not symbols or not symbols <= set(self.sets):
+            return None
         try:
-            failing = self.sets[symbol].difference(condition_set(condition, symbol))
+            if isinstance(condition, sympy.Eq) and condition.lhs.is_Symbol and condition.rhs.is_Symbol:
+                # H == W fails in every cell that neither ties them nor pins both to one size
+                x, y = condition.lhs, condition.rhs
+                return [c for c in self._cells_or_box() if not any({x, y} <= tie for tie in c.ties)
+                        and not _same_single_size(c.projection(x), c.projection(y))]
+            return _cells_intersection(self._cells_or_box(), condition_cells(_negated(condition)))
         except DomainError:
             return None
-        return failing.is_empty()
 
     def first_failure(self, condition: sympy.Basic) -> Optional[dict[str, int]]:
-        """The smallest valid size where ``condition`` is false (None: none)."""
+        """The smallest valid sizes where ``condition`` is false (None: none),
+        as ``{symbol: size}`` for the symbols of the condition."""
         if not condition.free_symbols:
             if condition is sympy.true or not self.symbols:
                 return None
             symbol = self.symbols[0]
             smallest = self.sets[symbol].minimum()
             return None if smallest is None else {str(symbol): smallest}
-        for symbol in sorted(condition.free_symbols, key=str):
-            try:
-                failing = self.sets[symbol].difference(condition_set(condition, symbol))
-            except DomainError:
-                continue
-            smallest = failing.minimum()
-            if smallest is not None:
-                return {str(symbol): smallest}
-        return None
+        failing = self._failing_cells(condition)
+        if not failing:
+            return None
+        points = [c.smallest(condition.free_symbols) for c in failing]
+        return min(points, key=lambda point: tuple(point.values()))
+
+    def joint_sentence(self) -> Optional[str]:
+        """The condition tying several symbols, in words (None when there is none)."""
+        if self.cells is None:
+            return None
+        return " or ".join(_describe_cell(c, self.sets) for c in self.cells) or "no sizes"
+
+    def joint_data(self) -> Optional[dict]:
+        """``domain.joint`` of the JSON contract (docs/json.md); None for a plain product."""
+        if self.cells is None:
+            return None
+        return {
+            "sentence": self.joint_sentence(),
+            "any_of": [{"sets": {str(s): c.projection(s).as_data() for s in self.symbols},
+                        "equal": [sorted(map(str, tie)) for tie in c.ties]} for c in self.cells],
+            "requirements": [{"node": r.node, "reason": r.reason, "condition": str(r.condition)} for r in self.joint],
+        }
+
+
+def _same_single_size(a: PeriodicSet, b: PeriodicSet) -> bool:
+    m = a.minimum()
+    if m is None or b.minimum() != m:
+        return False
+    single = PeriodicSet(1, (((m, m),),))
+    return a.difference(single).is_empty() and b.difference(single).is_empty()
