@@ -143,7 +143,7 @@ def _verify(args) -> int:
                         kwargs=parse_model_args(args.arg), width=args.width, channels=args.channels,
                         seed=args.seed, progress=progress)
     print(json.dumps(report.as_data(), indent=2) if args.format == "json" else report.summary())
-    return 0 if report.passed else 1
+    return report.exit_code
 
 
 class _progress_bar:
