@@ -21,7 +21,7 @@ from .propagate import META_KEY, SizeInterpreter
 from .resampling import ResampleAlignment, resample_alignments
 from .symbolic import format_expr
 from .tensors import IDENTITY, SymbolicTensor
-from .trace import InputSpec, parse_input_spec, spatial_dimensions_and_channels, trace_module
+from .trace import InputSpec, check_fidelity, parse_input_spec, spatial_dimensions_and_channels, trace_module, trace_notes
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,9 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     name = name or type(model).__name__
     spec = parse_input_spec(input) if isinstance(input, str) else input
     try:
-        graph_module = trace_module(model)
+        concrete = [tuple(int(s) for s in spec.sizes)] if not spec.symbols else []
+        graph_module = trace_module(model, channels=channels, batch=batch, sizes=concrete,
+                                    dimensions=len(spec.sizes) if len(spec.sizes) > 1 else None)
         dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
         spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
         channel_count = channels or inferred_channels or 3
@@ -200,6 +202,7 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
         domain = Domain(spec.symbols)
         interpreter = SizeInterpreter(graph_module, domain)
         result = interpreter.run(input_tensor)
+        _check_at_valid_sizes(model, graph_module, domain, spec, channel_count, batch)
     except ShapecalcError as error:
         raise _with_context(error, name, spec) from error
     layers = []
@@ -217,8 +220,22 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     # nothing was recorded) must still keep the aligned domain an upper bound.
     undecided = list(undecided) + [f"{item.name}: alignment not decided" for item in (*crops, *merges, *resamples)
                                    if item.aligned is None and not getattr(item, "conditions", ())]
-    return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, interpreter.notes, graph_module,
+    notes = trace_notes(graph_module) + interpreter.notes
+    return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, notes, graph_module,
                     merges=merges, resamples=resamples, aligned_domain=aligned_domain, alignment_undecided=undecided)
+
+
+def _check_at_valid_sizes(model, graph_module, domain: Domain, spec: InputSpec, channels: int, batch: int) -> None:
+    """When the module ran at none of the generic sizes the trace was checked
+    at, check it at the smallest sizes the engine says are valid."""
+    fidelity = graph_module.meta.get("shapecalc_fidelity")
+    if graph_module is model or fidelity is None or fidelity.checked or not spec.symbols:
+        return
+    smallest = {s: domain.sets[s].minimum() for s in spec.symbols}
+    if None in smallest.values():
+        return
+    sizes = [tuple(int(smallest.get(s, s)) for s in spec.sizes)]
+    check_fidelity(model, graph_module, channels=channels, dimensions=len(spec.sizes), sizes=sizes, batch=batch)
 
 
 def _with_context(error: ShapecalcError, model: str, spec: InputSpec) -> ShapecalcError:

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from weakref import WeakKeyDictionary
 
 import sympy
 import torch
@@ -113,8 +114,7 @@ def load_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, device: st
     kwargs = dict(kwargs or {})
     factory = _resolve_factory(spec)
     try:
-        with torch.device(device):
-            model = factory(**kwargs)
+        model, note = _build(factory, kwargs, device)
     except TypeError as error:
         raise ModelLoadError(f"cannot build {spec!r} with {kwargs or 'no arguments'}: {error}") from error
     except ValueError as error:
@@ -123,7 +123,52 @@ def load_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, device: st
         raise ModelLoadError(f"building {spec!r} failed: {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec!r} gave a {type(model).__name__}, not an nn.Module")
+    if note:
+        _BUILD_NOTES[model] = note
     return model.eval()
+
+
+#: the note of a model that load_model had to build on CPU instead of meta
+_BUILD_NOTES: "WeakKeyDictionary[nn.Module, str]" = WeakKeyDictionary()
+
+
+def _build(factory: Callable[..., Any], kwargs: Mapping[str, Any], device: str) -> tuple[Any, str | None]:
+    """``factory(**kwargs)`` on ``device``; a meta build that fails (a factory
+    that copies or reads tensor values: "Cannot copy out of meta tensor",
+    "Tensor.item() cannot be called on meta tensors") is built again on CPU,
+    which allocates and initialises every weight, and says so in a note."""
+    try:
+        with torch.device(device):
+            return factory(**kwargs), None
+    except Exception as error:
+        if device != "meta":
+            raise
+        meta_error = error
+    # a failure here is not the meta device's doing: it is the one to report
+    with torch.device("cpu"):
+        model = factory(**kwargs)
+    tensors = [*model.parameters(), *model.buffers()] if isinstance(model, nn.Module) else []
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    first = str(meta_error).strip().splitlines()[0] if str(meta_error).strip() else type(meta_error).__name__
+    return model, (f"built on cpu ({size / 2**20:.1f} MiB of weights): building on meta failed "
+                   f"({type(meta_error).__name__}: {first})")
+
+
+def _message(error: BaseException) -> str:
+    # a factory may echo a pasted argument whole; the error line stays readable
+    return shorten(error, 300)
+
+
+def _exit_text(error: SystemExit) -> str:
+    # Model code that exits must not end shapecalc with its status: exit 0
+    # would print nothing and pass CI.
+    return f"called sys.exit({shorten(repr(error.code), 40)}); model code must not exit the process"
+
+
+def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
+    if not kwargs:
+        return "no arguments"
+    return "{" + ", ".join(f"{key!r}: {shorten(repr(value), 40)}" for key, value in kwargs.items()) + "}"
 
 
 def _resolve_factory(spec: str) -> Callable[..., Any]:
@@ -162,21 +207,65 @@ def _resolve_factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def trace_module(model: nn.Module) -> torch.fx.GraphModule:
-    """Trace with torch.fx; standard torch.nn layers stay leaves."""
+#: GraphModule.meta key of the trace's FidelityCheck (see fidelity.py)
+FIDELITY_KEY = "shapecalc_fidelity"
+
+
+def trace_module(model: nn.Module, *, channels: int | None = None, dimensions: int | None = None,
+                 sizes: Sequence[Sequence[int]] = (), batch: int = 1, check: bool = True) -> torch.fx.GraphModule:
+    """Trace with torch.fx; standard torch.nn layers stay leaves.
+
+    With ``check`` (the default) the graph is believed only after it and the
+    module gave the same output shapes on the meta device at concrete inputs
+    (``sizes`` first, then fidelity.CANDIDATE_SIZES; ``channels`` and
+    ``dimensions`` default to what the first layer says); an unfaithful trace
+    raises TraceError.  The outcome is in ``graph_module.meta[FIDELITY_KEY]``."""
     if isinstance(model, torch.fx.GraphModule):
         return model
+    original = model
     if torch.fx.Tracer().is_leaf_module(model, ""):
         # A bare torch.nn layer: its forward is not written to be traced
         # (ConvTranspose branches on output_size); trace a call of it instead.
         model = nn.Sequential(model)
     try:
-        return torch.fx.symbolic_trace(model)
+        graph_module = torch.fx.symbolic_trace(model)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TraceError(
             f"torch.fx cannot trace {type(model).__name__}: {first}. Remove data-dependent Python control flow "
             "from forward() (or wrap that part in a leaf module with torch.fx.wrap)") from error
+    except SystemExit as error:
+        raise TraceError(f"forward() of {type(model).__name__} {_exit_text(error)}") from error
+    graph_module.meta["shapecalc_build_note"] = _BUILD_NOTES.get(original)
+    if check:
+        check_fidelity(original, graph_module, channels=channels, dimensions=dimensions, sizes=sizes, batch=batch)
+    return graph_module
+
+
+def check_fidelity(model: nn.Module, graph_module: torch.fx.GraphModule, *, channels: int | None = None,
+                   dimensions: int | None = None, sizes: Sequence[Sequence[int]] = (), batch: int = 1):
+    """Compare ``graph_module`` with ``model`` (see trace_module); the result
+    is kept in ``graph_module.meta[FIDELITY_KEY]`` and returned."""
+    from .fidelity import FidelityCheck, candidate_shapes, check_trace
+
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    if len([n for n in placeholders if not n.args]) != 1:
+        result = FidelityCheck((), "meta", "forward() does not take exactly one tensor input")
+    else:
+        inferred_dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
+        count = dimensions or inferred_dimensions or (len(sizes[0]) if sizes else 2)
+        shapes = candidate_shapes(count, channels or inferred_channels or 3, batch, first=sizes)
+        result = check_trace(model, graph_module, shapes)
+    graph_module.meta[FIDELITY_KEY] = result
+    return result
+
+
+def trace_notes(graph_module: torch.fx.GraphModule) -> list[str]:
+    """What a person should know about how the graph was obtained."""
+    notes = [graph_module.meta.get("shapecalc_build_note")]
+    fidelity = graph_module.meta.get(FIDELITY_KEY)
+    notes.append(fidelity.note() if fidelity is not None else None)
+    return [n for n in notes if n]
 
 
 def spatial_dimensions_and_channels(graph_module: torch.fx.GraphModule) -> tuple[int | None, int | None]:
