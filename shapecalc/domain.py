@@ -780,18 +780,8 @@ def _relation_cells(relation) -> list[_Cell]:
         (x, cx), (y, cy) = variable.items()
         if x.is_Symbol and y.is_Symbol and cx == -cy:
             return [_Cell.tied_equal((x, y))]
-    # (product of per-symbol factors) compared with a constant
-    if len(variable) != 1:
-        raise DomainError(f"{relation} is not a product of per-symbol sizes against a constant")
-    ((product, coefficient),) = variable.items()
-    groups: dict = {}
-    for factor in sympy.Mul.make_args(product):
-        owners = factor.free_symbols
-        if len(owners) != 1:
-            raise DomainError(f"{factor} mixes symbols in {relation}")
-        groups.setdefault(next(iter(owners)), []).append(factor)
-    factors = [sympy.Mul(*fs) for _, fs in sorted(groups.items(), key=lambda item: str(item[0]))]
-    constant = terms.get(sympy.Integer(1), sympy.Integer(0))
+    constant, product, coefficient = _product_form(relation)
+    factors = [sympy.Mul(*fs) for _, fs in sorted(_factors_by_symbol(product).items(), key=lambda item: str(item[0]))]
     target = Fraction(int((-constant).p), int((-constant).q)) / Fraction(int(coefficient.p), int(coefficient.q))
     kind = type(relation)
     if coefficient < 0:  # dividing by a negative coefficient flips the comparison
@@ -811,6 +801,40 @@ def _relation_cells(relation) -> list[_Cell]:
     if kind is sympy.Lt:
         return _product_at_most(factors, math.ceil(target) - 1)
     raise DomainError(f"cannot decide {relation}")
+
+
+def _factors_by_symbol(product) -> dict:
+    groups: dict = {}
+    for factor in sympy.Mul.make_args(product):
+        owners = factor.free_symbols
+        if len(owners) != 1:
+            raise DomainError(f"{factor} mixes symbols")
+        groups.setdefault(next(iter(owners)), []).append(factor)
+    return groups
+
+
+def _product_form(relation):
+    """(constant, product, coefficient) with lhs - rhs == coefficient*product + constant,
+    the product's factors each of one symbol: as built ((H - 2)*(W - 2) - 4),
+    else factored (a view compares expanded element counts)."""
+    difference = relation.lhs - relation.rhs
+    for attempt in (lambda d: d, sympy.expand, None):
+        if attempt is None:
+            constant, rest = sympy.expand(difference).as_coeff_Add()
+            candidate = constant + sympy.factor(rest)
+        else:
+            candidate = attempt(difference)
+        constant, rest = candidate.as_coeff_Add()
+        if rest.is_Add or not constant.is_Rational:
+            continue
+        coefficient, product = rest.as_coeff_Mul()
+        if coefficient.is_Rational and coefficient != 0:
+            try:
+                _factors_by_symbol(product)
+            except DomainError:
+                continue
+            return constant, product, coefficient
+    raise DomainError(f"{relation} is not a product of per-symbol sizes against a constant")
 
 
 def _union(*cell_lists) -> list[_Cell]:

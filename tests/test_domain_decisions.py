@@ -1,0 +1,192 @@
+"""Domains that need more than affine reasoning, against torch.
+
+Polynomial conditions (a flattened feature count, a view's element count)
+and conditions tying two symbols (broadcasting a transpose, a norm's "more
+than one value", a feature count over H*W).  The truth is a meta-tensor
+forward pass at every size (or every (H, W) pair) of a small range.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shapecalc import analyze
+from shapecalc.symbolic import evaluate
+
+
+def _runs(model: nn.Module, *spatial: int, channels: int) -> bool:
+    try:
+        model(torch.empty(1, channels, *spatial, device="meta"))
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _on_meta(model: nn.Module) -> nn.Module:
+    return model.to("meta").eval()
+
+
+# ---------------------------------------------------------------------------
+# one symbol: polynomial conditions
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pool1 = nn.Conv2d(1, 6, 5), nn.MaxPool2d(2)
+        self.conv2, self.pool2 = nn.Conv2d(6, 16, 5), nn.MaxPool2d(2)
+        self.fc = nn.Linear(400, 10)
+
+    def forward(self, x):
+        x = self.pool2(self.conv2(self.pool1(self.conv1(x))))
+        return self.fc(torch.flatten(x, 1))
+
+
+class FlattenChunks(nn.Module):
+    """flatten, then rows of 8 features into a Linear: needs 8 | 2*H*H (H even)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x), 1).view(-1, 8))
+
+
+class ViewPairs(nn.Module):
+    """view(1, 3, -1, 2): needs an even 3*H*H, i.e. an even H (periodic)."""
+
+    def forward(self, x):
+        return x.view(1, 3, -1, 2)
+
+
+class ViewFixed(nn.Module):
+    """reshape to 48 elements after a 3x3 conv: (H - 2)**2 * 3 == 48, i.e. H == 6 (finite)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        return self.conv(x).reshape(1, 48)
+
+
+@pytest.mark.parametrize("model, channels, limit", [
+    (LeNet, 1, 80), (FlattenChunks, 1, 40), (ViewPairs, 3, 40), (ViewFixed, 3, 40)],
+    ids=["lenet-finite", "flatten-linear-periodic", "view-periodic", "reshape-finite"])
+def test_one_symbol_polynomial_domain_matches_torch(model, channels, limit):
+    net = model()
+    analysis = analyze(net, "H", channels=channels)
+    assert not analysis.domain.undecided, analysis.validity_sentence()
+    (symbol,) = analysis.symbols
+    meta = _on_meta(net)
+    truth = {n for n in range(1, limit + 1) if _runs(meta, n, n, channels=channels)}
+    claimed = {n for n in range(1, limit + 1) if n in analysis.domain.sets[symbol]}
+    assert claimed == truth
+    assert truth, "the example must run somewhere"
+
+
+def test_lenet_domain_is_exactly_32_to_35():
+    analysis = analyze(LeNet(), "H", channels=1)
+    valid = analysis.domain.sets[analysis.symbols[0]]
+    meta = _on_meta(LeNet())
+    truth = [n for n in range(1, 81) if _runs(meta, n, n, channels=1)]
+    assert truth == [32, 33, 34, 35]
+    # beyond the swept range too: the set is finite and these are its members
+    assert [n for n in range(1, 2000) if n in valid] == truth
+    assert "not decided" not in analysis.validity_sentence()
+
+
+# ---------------------------------------------------------------------------
+# two symbols
+
+
+class TransposeAdd(nn.Module):
+    def forward(self, x):
+        return x + x.transpose(2, 3)
+
+
+class GroupNormAfterPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.GroupNorm(3, 3)
+
+    def forward(self, x):
+        return F.max_pool2d(self.norm(x), 1)
+
+
+class ConvFlattenLinear(nn.Module):
+    """(H - 2)*(W - 2) == 4: (3, 6), (4, 4), (6, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+class TransposeCat(nn.Module):
+    """cat needs H == W; a later stride-2 conv needs H >= 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(6, 2, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(torch.cat([x, x.transpose(2, 3)], 1))
+
+
+GRID = 10
+
+
+@pytest.mark.parametrize("model, channels", [
+    (TransposeAdd, 3), (GroupNormAfterPool, 3), (ConvFlattenLinear, 1), (TransposeCat, 3)],
+    ids=["transpose-add", "group-norm", "flatten-linear-hw", "transpose-cat"])
+def test_two_symbol_domain_matches_torch_on_a_grid(model, channels):
+    net = model()
+    analysis = analyze(net, "HxW", channels=channels)
+    assert not analysis.domain.undecided, analysis.validity_sentence()
+    h, w = analysis.symbols
+    meta = _on_meta(net)
+    for a in range(1, GRID + 1):
+        for b in range(1, GRID + 1):
+            ran = _runs(meta, a, b, channels=channels)
+            assert ({h: a, w: b} in analysis.domain) == ran, (a, b, analysis.validity_sentence())
+            if ran:
+                out = meta(torch.empty(1, channels, a, b, device="meta"))
+                predicted = analysis.outputs["output"].shape
+                assert tuple(int(evaluate(s, {h: a, w: b})) for s in predicted) == tuple(out.shape), (a, b)
+    # the per-symbol sets are exact projections: each listed size occurs in a run
+    for symbol, index in ((h, 0), (w, 1)):
+        for n in range(1, GRID + 1):
+            if n in analysis.domain.sets[symbol]:
+                assert any(_runs(meta, *((n, m) if index == 0 else (m, n)), channels=channels)
+                           for m in range(1, 40)), (symbol, n)
+
+
+def test_broadcast_transpose_sizes_stay_plain():
+    """Single-symbol questions are still decided beside a two-symbol
+    requirement: the broadcast size is Max(H, W), not a nested Piecewise."""
+    analysis = analyze(TransposeAdd(), "HxW")
+    for size in analysis.outputs["output"].spatial_sizes:
+        assert not size.has(__import__("sympy").Piecewise), size
+    meta = _on_meta(TransposeAdd())
+    h, w = analysis.symbols
+    assert {h: 1, w: 7} in analysis.domain and _runs(meta, 1, 7, channels=3)
+    assert {h: 2, w: 7} not in analysis.domain and not _runs(meta, 2, 7, channels=3)
+
+
+def test_group_norm_fails_only_at_one_by_one():
+    analysis = analyze(GroupNormAfterPool(), "HxW")
+    h, w = analysis.symbols
+    meta = _on_meta(GroupNormAfterPool())
+    assert not _runs(meta, 1, 1, channels=3) and _runs(meta, 1, 2, channels=3) and _runs(meta, 2, 1, channels=3)
+    assert {h: 1, w: 1} not in analysis.domain
+    assert {h: 1, w: 2} in analysis.domain and {h: 2, w: 1} in analysis.domain
+    assert "not decided" not in analysis.validity_sentence()
