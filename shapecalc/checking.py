@@ -35,7 +35,7 @@ class Finding:
     and ``counterexample`` an input size where it shows (None: every size)."""
 
     severity: str
-    kind: str                       # crop, merge, resample, output, domain, size
+    kind: str                       # crop, merge, resample, output, domain, size, nothing
     node: str
     message: str
     actual: tuple = ()
@@ -368,14 +368,23 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
         names = ", ".join(sorted(map(str, unknown)))
         raise InputSpecError(f"--expect-output {expected.text!r} uses {names}, which --input {analysis.input.text!r} "
                              "does not define")
+    if not analysis.outputs:
+        return [Finding(ERROR, "output", "output", f"no tensor output to compare with {expected.text}: "
+                                                   "the model returns no tensor")]
     for name, tensor in analysis.outputs.items():
         sizes = tensor.spatial_sizes
+        label = "output" if name == "output" else f"output {name!r}"
+        node = producers.get(name, name)
+        if not sizes:
+            # e.g. a classifier's (1, 5): an expectation about spatial sizes cannot hold
+            shape = "(" + ", ".join(map(_text, tensor.shape)) + ")"
+            findings.append(Finding(ERROR, "output", node, f"{label} {shape} has no spatial axes where "
+                                                           f"{expected.text} is expected", (), (expected.text,)))
+            continue
         try:
             wanted = expected.for_dimensions(len(sizes)).sizes
         except InputSpecError as error:
             raise InputSpecError(f"--expect-output: {error}") from error
-        label = "output" if name == "output" else f"output {name!r}"
-        node = producers.get(name, name)
         counterexample, bad = None, False
         for size, want in zip(sizes, wanted):
             condition = sympy.Eq(size, want)
@@ -448,12 +457,29 @@ def _parse_max_shift(max_shift) -> Optional[float]:
     return value
 
 
+def _nothing_findings(analysis: Analysis, expected: Optional[InputSpec], limit: Optional[float]) -> list[Finding]:
+    """A check that examined nothing does not pass silently: with no crop,
+    merge or resample to audit and no expected output it is an error (the
+    run proved only that the network runs for some size); a --max-shift with
+    no resample to measure is a warning (the limit held vacuously)."""
+    audited = len(analysis.crops) + len(analysis.merges) + len(analysis.resamples)
+    findings = []
+    if not audited and expected is None:
+        findings.append(Finding(ERROR, "nothing", "model", "nothing to check: no crop, merge or resample to audit "
+                                                           "and no expected output size (give --expect-output)"))
+    elif limit is not None and not analysis.resamples:
+        findings.append(Finding(WARNING, "resample", "model", f"--max-shift {limit:g}: no resample to measure"))
+    return findings
+
+
 def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = None,
           max_shift: Optional[float] = None) -> CheckReport:
     """Check an analysis: every crop and merge exactly aligned, the output of
-    the expected size (``expect_output``: ``"H"``, ``"HxW"``, ``"512"``), no
-    resample shifting pixels by more than ``max_shift`` (without it, resampling
-    shifts are warnings), and some input size for which the network runs."""
+    the expected size (``expect_output``: ``"H"``, ``"HxW"``, ``"512"``; an
+    output without spatial axes fails it), no resample shifting pixels by
+    more than ``max_shift`` (without it, resampling shifts are warnings), and
+    some input size for which the network runs.  With nothing to audit and no
+    expected output the report is not ok: it checked nothing."""
     expected = _parse_expected(expect_output)
     limit = _parse_max_shift(max_shift)
     crops = _crop_findings(analysis)
@@ -464,6 +490,7 @@ def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = No
     if expected is not None:
         findings += _output_findings(analysis, expected)
         checked["output"] = len(analysis.outputs)
+    findings += _nothing_findings(analysis, expected, limit)
     return CheckReport(analysis.model, analysis.input.text, tuple(findings), checked, analysis.validity_sentence())
 
 

@@ -60,10 +60,15 @@ def assert_aligned(model: ModelLike, input: str = "H", *, max_shift: Optional[fl
     """Every crop and merge of ``model`` is exactly aligned for every valid
     input size (or the concrete ``input``), and the network runs for some
     size.  With ``max_shift``, no resample may shift pixels by more than that
-    many input pixels.  Returns the report (warnings included)."""
+    many input pixels.  A model with no crop, merge or resample fails: there
+    was nothing to align.  Returns the report (warnings included)."""
     __tracebackhide__ = True
     module, label = _model(model, name)
     report = check_model(module, input, max_shift=max_shift, channels=channels, name=label)
+    if report.errors and all(f.kind == "nothing" for f in report.errors):
+        # an alignment assertion on a net without crops, merges or resamples proves nothing
+        _fail(f"{label} has nothing to align for input {report.input} (assert_output_size or "
+              "assert_valid_for check such a net):", report)
     _fail(f"{label} is not aligned for input {report.input}:", report)
     return report
 
@@ -96,7 +101,7 @@ def assert_valid_for(model: ModelLike, sizes: Iterable[Union[int, Sequence[int]]
     module, label = _model(model, name)
     wanted = [_size_tuple(s, i) for i, s in enumerate(sizes)]
     if not wanted:
-        return
+        raise ValueError("sizes is empty: assert_valid_for would check nothing")
     counts = {len(s) for s in wanted if len(s) > 1}
     if len(counts) > 1:
         raise TypeError(f"sizes mix {sorted(counts)} spatial axes")
