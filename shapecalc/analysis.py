@@ -85,6 +85,9 @@ class Analysis:
         return False if False in verdicts else (True if all(v is True for v in verdicts) else None)
 
     def aligned_sentence(self) -> str:
+        joint = self.domain.joint_sentence()
+        if joint is not None:
+            parts.append(f"jointly: {joint}")
         """Where everything lines up, as a sentence (``H = 16k + 1 from 1``)."""
         if not self.symbols:
             verdict = self.aligned()

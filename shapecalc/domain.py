@@ -601,7 +601,7 @@ class PeriodicSet:
             text = ", ".join(f"from {lo}" + ("" if hi is None else f" to {hi}") for lo, hi in ranges)
             clauses.append(f"{symbol} = {self.period}k + {r} {text}" if r else f"{symbol} = {self.period}k {text}")
         excluded = [r for r, c in enumerate(self.classes) if not c]
-        tail = f"; never for {symbol} mod {self.period} in {{{', '.join(map(str, excluded))}}}" if excluded else ""
+        tail = f"; never for {_residues_phrase(symbol, self.period, excluded)}" if excluded else ""
         return "; ".join(clauses) + tail
 
     def as_data(self) -> dict:
@@ -613,6 +613,21 @@ class PeriodicSet:
                 for r, c in enumerate(self.classes)
             },
         }
+
+
+def _residues_phrase(symbol: str, period: int, residues: list[int]) -> str:
+    """Residues mod ``period`` in words: ``odd H``, ``H a multiple of 4``,
+    ``H = 3k + 1`` when they are one class of a divisor, else the list."""
+    for d in range(2, period + 1):
+        if period % d:
+            continue
+        classes = {r % d for r in residues}
+        if len(classes) == 1 and len(residues) == period // d:
+            (r,) = classes
+            if d == 2:
+                return f"odd {symbol}" if r else f"even {symbol}"
+            return f"{symbol} a multiple of {d}" if r == 0 else f"{symbol} = {d}k + {r}"
+    return f"{symbol} mod {period} in {{{', '.join(map(str, residues))}}}"
 
 
 def _describe_interval(symbol: str, lo: int, hi: Optional[int]) -> str:
@@ -711,6 +726,15 @@ class _Cell:
         return (all(sizes[s] in allowed for s, allowed in self.sets.items())
                 and all(len({sizes[s] for s in tie}) == 1 for tie in self.ties))
 
+    def within(self, other: "_Cell") -> bool:
+        """Whether every size in this cell is in ``other`` too."""
+        for symbol, allowed in other.sets.items():
+            if not self.projection(symbol).difference(allowed).is_empty():
+                return False
+        return all(any(tie <= mine for mine in self.ties)
+                   or all(_same_single_size(self.projection(a), self.projection(b)) for a in tie for b in tie)
+                   for tie in other.ties)
+
     def key(self):
         return tuple(sorted((str(s), v) for s, v in self.sets.items())), self.ties
 
@@ -719,15 +743,17 @@ class _Cell:
 
 
 def _cells_intersection(a: list[_Cell], b: list[_Cell]) -> list[_Cell]:
-    out: dict = {}
-    for x in a:
-        for y in b:
-            cell = x.intersection(y)
-            if cell is not None:
-                out.setdefault(cell.key(), cell)
-                if len(out) > MAX_CELLS:
-                    raise DomainError(f"the condition splits into more than {MAX_CELLS} cases")
-    return list(out.values())
+    return _union([cell for x in a for y in b for cell in [x.intersection(y)] if cell is not None])
+
+
+def _absorbed(cells: list[_Cell]) -> list[_Cell]:
+    """The cells not contained in another one (the first of equal ones stays)."""
+    kept: list[_Cell] = []
+    for cell in cells:
+        if any(cell.within(other) for other in kept):
+            continue
+        kept = [other for other in kept if not other.within(cell)] + [cell]
+    return kept
 
 
 def _negated(condition: sympy.Basic) -> sympy.Basic:
@@ -759,11 +785,7 @@ def condition_cells(condition: sympy.Basic) -> list[_Cell]:
     if isinstance(condition, sympy.And):
         return reduce(_cells_intersection, [condition_cells(c) for c in condition.args], [_Cell({})])
     if isinstance(condition, sympy.Or):
-        cells: dict = {}
-        for c in condition.args:
-            for cell in condition_cells(c):
-                cells.setdefault(cell.key(), cell)
-        return list(cells.values())
+        return _union(*[condition_cells(c) for c in condition.args])
     if isinstance(condition, sympy.Not):
         return condition_cells(_negated(condition.args[0]))
     if isinstance(condition, sympy.core.relational.Relational):
@@ -843,7 +865,7 @@ def _union(*cell_lists) -> list[_Cell]:
         cells.setdefault(cell.key(), cell)
     if len(cells) > MAX_CELLS:
         raise DomainError(f"the condition splits into more than {MAX_CELLS} cases")
-    return list(cells.values())
+    return _absorbed(list(cells.values()))
 
 
 def _single(factor, relation) -> list[_Cell]:

@@ -12,7 +12,7 @@ import torch.fx
 from . import rules
 from ._errors import ShapecalcError, SizeError, UnsupportedOpError
 from .domain import Domain, Requirement
-from .symbolic import format_expr, ge, largest, le, merge_floor_terms, smallest
+from .symbolic import fold_multiple_of_floor, format_expr, ge, largest, le, merge_floor_terms, smallest
 from .tensors import AxisGeometry, SymbolicTensor
 
 #: the one node.meta key shapecalc writes
@@ -108,15 +108,20 @@ class _NodeContext:
             self._interpreter.crops.append(CropRecord(self.node_name, source, result, dict(starts)))
 
 
+def _size_form(expr):
+    return fold_multiple_of_floor(merge_floor_terms(expr))
+
+
 def _canonical(value):
-    """Every size in a node's value, with floor terms merged (see merge_floor_terms)."""
+    """Every size in a node's value, with floor terms merged (see merge_floor_terms)
+    and a floor padded to a multiple written as one (see fold_multiple_of_floor)."""
     if isinstance(value, sympy.Basic):
-        return merge_floor_terms(value)
+        return _size_form(value)
     if isinstance(value, SymbolicTensor):
-        geometry = tuple(None if g is None else AxisGeometry(*(None if v is None else merge_floor_terms(v)
+        geometry = tuple(None if g is None else AxisGeometry(*(None if v is None else _size_form(v)
                                                                for v in (g.scale, g.shift, g.rf)), g.window)
                          for g in value.geometry)
-        return SymbolicTensor(tuple(merge_floor_terms(s) for s in value.shape), value.spatial, geometry)
+        return SymbolicTensor(tuple(_size_form(s) for s in value.shape), value.spatial, geometry)
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(_canonical(v) for v in value)
     if isinstance(value, list):

@@ -120,6 +120,7 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     domain["undecided"] = [{"node": r.node, "reason": r.reason, "condition": str(r.condition)}
                            for r in analysis.domain.undecided]
     domain["aligned"] = aligned_domain_data(analysis)
+    domain["joint"] = analysis.domain.joint_data()  # null unless a requirement ties several symbols
     return {
         "version": JSON_VERSION,
         "model": analysis.model,

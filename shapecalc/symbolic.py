@@ -183,6 +183,39 @@ def ceildiv(numerator, divisor) -> sympy.Expr:
     divisor = as_expr(divisor)
     if divisor.is_Integer and divisor > 0 and numerator.is_integer:
         return floordiv(numerator + divisor - 1, divisor)
+def fold_multiple_of_floor(expr):
+    """``m*c + c*floor(n/q)`` as ``c*floor((n + m*q)/q)`` when that leaves
+    no constant in the rounding, ``32 - 32*floor((32 - H)/32)`` ->
+    ``32*ceiling(H/32)`` (padding to a multiple).  A negated floor of a
+    negated numerator is first written as a ceiling, ``-floor(-n/q) =
+    floor((n + q - 1)/q)``.  Other sums keep the model's numbers outside."""
+    if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+        return expr
+    args = [fold_multiple_of_floor(a) for a in expr.args]
+    if args != list(expr.args):
+        expr = expr.func(*args)
+    if not expr.is_Add:
+        return expr
+    constant, rest = expr.as_coeff_Add()
+    terms = sympy.Add.make_args(rest)
+    if not constant.is_Integer or len(terms) != 1:
+        return expr
+    c, floor_term = terms[0].as_coeff_Mul()
+    if not (c.is_Integer and isinstance(floor_term, FloorDiv)):
+        return expr
+    c, q, numerator = int(c), floor_term.divisor, floor_term.numerator
+    variable = numerator.as_coeff_Add()[1].as_coefficients_dict().values()
+    if c < 0 and all(v < 0 for v in variable):
+        c, numerator = -c, sympy.expand(-numerator + q - 1)
+    if int(constant) % c:
+        return expr
+    folded = sympy.expand(numerator + int(constant) // c * q)
+    inner = folded.as_coeff_Add()[0]
+    if not (inner.is_Integer and int(inner) in (0, q - 1)):
+        return expr
+    return c * floordiv(folded, q)
+
+
     return -floordiv(-numerator, divisor)
 
 

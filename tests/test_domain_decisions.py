@@ -190,3 +190,46 @@ def test_group_norm_fails_only_at_one_by_one():
     assert {h: 1, w: 1} not in analysis.domain
     assert {h: 1, w: 2} in analysis.domain and {h: 2, w: 1} in analysis.domain
     assert "not decided" not in analysis.validity_sentence()
+
+
+# ---------------------------------------------------------------------------
+# wording
+
+
+class PadToMultiple(nn.Module):
+    def forward(self, x):
+        pad = (32 - x.size(2) % 32) % 32
+        return F.pad(x, (0, 0, 0, pad))
+
+
+def test_padding_to_a_multiple_prints_as_one():
+    import sympy
+
+    analysis = analyze(PadToMultiple(), "H")
+    size = analysis.outputs["output"].spatial_sizes[0]
+    from shapecalc.symbolic import format_expr
+
+    text = format_expr(size)
+    assert text == "32*ceiling(H/32)"
+    (h,) = analysis.symbols
+    parsed = sympy.sympify(text, locals={"H": h})
+    for n in range(1, 70):
+        out = PadToMultiple()(torch.empty(1, 1, n, 3, device="meta"))
+        assert int(parsed.subs(h, n)) == out.shape[2] == int(evaluate(size, {h: n}))
+
+
+class EvenOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down, self.up = nn.Conv2d(3, 3, 2, stride=2), nn.ConvTranspose2d(3, 3, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.up(self.down(x))
+
+
+def test_residue_classes_read_as_words():
+    analysis = analyze(EvenOnly(), "H")
+    meta = _on_meta(EvenOnly())
+    runs = [n for n in range(1, 21) if _runs(meta, n, n, channels=3)]
+    assert runs == list(range(2, 21, 2))
+    assert analysis.validity_sentence() == "H = 2k from 2; never for odd H"
