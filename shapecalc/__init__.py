@@ -37,7 +37,9 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + __all__)
+    # the public API once: not the names a lookup caches in globals(), nor
+    # the helpers (importlib, TYPE_CHECKING) this module itself needs
+    return sorted({*__all__, "__version__"})
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -19,7 +19,7 @@ from .domain import Domain, PeriodicSet
 from .geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
 from .propagate import META_KEY, SizeInterpreter
 from .resampling import ResampleAlignment, resample_alignments
-from .symbolic import format_expr
+from .symbolic import display_form, format_expr
 from .tensors import IDENTITY, SymbolicTensor
 from .trace import InputSpec, check_fidelity, parse_input_spec, spatial_dimensions_and_channels, trace_module, trace_notes
 
@@ -35,7 +35,14 @@ class Layer:
 
     @property
     def spatial(self) -> tuple[sympy.Expr, ...]:
-        return self.tensor.spatial_sizes
+        """The spatial sizes, in the form that prints as the CLI shows them."""
+        return tuple(display_form(s) for s in self.tensor.spatial_sizes)
+
+    def __repr__(self) -> str:
+        return (f"Layer(name={self.name!r}, op={self.op!r}, params={self.params!r}, "
+                f"spatial=({', '.join(format_expr(s) for s in self.tensor.spatial_sizes)}))")
+
+
 
 
 @dataclass
@@ -61,6 +68,14 @@ class Analysis:
     @property
     def symbols(self) -> tuple[sympy.Symbol, ...]:
         return self.input.symbols
+
+    def __repr__(self) -> str:
+        # the dataclass repr would list every layer and raw sympy trees
+        outputs = ", ".join(f"{name!r}: ({', '.join(format_expr(s) for s in t.spatial_sizes)})"
+                            for name, t in self.outputs.items())
+        return (f"Analysis(model={self.model!r}, input={self.input.text!r}, layers={len(self.layers)}, "
+                f"outputs={{{outputs}}}, valid={self.validity_sentence()!r})")
+
 
     def valid_sizes(self, symbol: Union[str, sympy.Symbol]) -> PeriodicSet:
         """The exact set of sizes of ``symbol`` for which the forward pass runs."""

@@ -25,13 +25,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+#: the width when neither COLUMNS nor any terminal says (a file or CI log)
+UNKNOWN_WIDTH = 200
+#: COLUMNS beyond this is treated as this (tables are never wider than their content anyway)
+MAX_WIDTH = 10_000
+
+
+def output_width() -> int:
+    """COLUMNS when it is a positive integer; else the width of the terminal
+    behind stdout, stderr or stdin (``trace ... | less`` still has one); else
+    UNKNOWN_WIDTH.  A COLUMNS of 0, negative or not a number is ignored."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return min(int(text), MAX_WIDTH)
+    for stream in (sys.stdout, sys.stderr, sys.stdin):
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            continue
+        if columns > 0:
+            return columns
+    return UNKNOWN_WIDTH
+
+
 def _console():
-    """The one Console.  Piped output gets a wide page so table rows stay
-    whole in files and CI logs (rich would otherwise assume 80 columns)."""
+    """The one Console, as wide as :func:`output_width` says."""
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(soft_wrap=False, width=width)
+    return Console(soft_wrap=False, width=output_width())
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +106,8 @@ def _trace(args) -> int:
     elif args.format == "markdown":
         print(render_markdown(analysis), end="")
     else:
-        _console().print(render_table(analysis))
+        # crop=False: below the narrowest layout lines run long rather than lose text
+        _console().print(render_table(analysis), crop=False)
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import sympy
 
+from . import layout
 from .analysis import Analysis, Layer
 from .geometry import CropAlignment, MergeAlignment, describe_sizes
 from .resampling import ResampleAlignment
@@ -119,8 +120,8 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     domain["valid"] = analysis.validity_sentence()
     domain["undecided"] = [{"node": r.node, "reason": r.reason, "condition": str(r.condition)}
                            for r in analysis.domain.undecided]
-    domain["aligned"] = aligned_domain_data(analysis)
     domain["joint"] = analysis.domain.joint_data()  # null unless a requirement ties several symbols
+    domain["aligned"] = aligned_domain_data(analysis)
     return {
         "version": JSON_VERSION,
         "model": analysis.model,
@@ -205,42 +206,143 @@ def summary_lines(analysis: Analysis) -> list[str]:
     return lines
 
 
-def render_table(analysis: Analysis):
-    """A rich renderable: the layer table, the crop table and a summary."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+#: how each column's cells may break (see shapecalc.layout)
+LAYER_KINDS = [layout.NAME, layout.NAME, layout.WORDS, layout.AXES, layout.EXPRESSION, layout.EXPRESSION,
+               layout.EXPRESSION]
+#: which layer columns stay in the first table when they cannot all fit: size first
+LAYER_PRIORITY = [0, 3, 1, 2, 4, 5, 6]
+CROP_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.EXPRESSION, layout.EXPRESSION, layout.NAME,
+              layout.WORDS]
+MERGE_KINDS = [layout.NAME, layout.WORDS, layout.EXPRESSION, layout.NAME, layout.WORDS]
+RESAMPLE_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.NAME, layout.EXPRESSION, layout.NAME, layout.WORDS,
+                  layout.WORDS]
 
-    layers = Table(title=f"{analysis.model} — input {' x '.join(format_expr(s) for s in analysis.input.sizes)}")
-    for column in LAYER_COLUMNS:
-        layers.add_column(column, overflow="fold")
-    for layer in analysis.layers:
-        layers.add_row(*layer_row(layer))
-    parts: list[Any] = [layers]
-    if analysis.crops:
-        crops = Table(title="crops")
-        for column in CROP_COLUMNS:
-            crops.add_column(column)
-        for crop in analysis.crops:
-            row = crop_row(crop)
-            style = {True: "green", False: "red", None: "yellow"}[crop.aligned]
-            crops.add_row(*row[:5], Text(row[5], style=style), row[6])
-        parts.append(crops)
-    for title, columns, items, row_of in (("merges", MERGE_COLUMNS, analysis.merges, merge_row),
-                                          ("resamples", RESAMPLE_COLUMNS, analysis.resamples, resample_row)):
-        if not items:
-            continue
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        mark = columns.index("aligned")
-        for item in items:
-            row = row_of(item)
-            style = {True: "green", False: "red", None: "yellow"}[item.aligned]
-            table.add_row(*row[:mark], Text(row[mark], style=style), *row[mark + 1:])
-        parts.append(table)
-    parts.extend(Text(line) for line in summary_lines(analysis))
-    return Group(*parts)
+#: below this many columns a width is not honoured: tables are laid out for this
+MIN_WIDTH = 40
+
+UNKNOWN_LEGEND = ("?: not defined. A position-free axis (after global pooling every index sees the whole input) "
+                  "has no stride or center; rf is ? where the receptive field is not known.")
+
+
+def _layer_cells(layer: Layer) -> list[layout.Cell]:
+    data = layer_data(layer)
+    return [layout.Cell((layer.name,)), layout.Cell((layer.op,)), layout.Cell((layer.params,)),
+            *(layout.cell(["?" if v is None else v for v in data[key]]) for key in ("spatial", "stride", "center", "rf"))]
+
+
+def _cells(row: list[str]) -> list[layout.Cell]:
+    return [layout.Cell((text,)) for text in row]
+
+
+def _crop_cells(crop: CropAlignment) -> list[layout.Cell]:
+    row = _cells(crop_row(crop))
+    row[3], row[4] = (layout.cell(["?" if v is None else format_expr(v) for v in values])
+                      for values in (crop.offset, crop.required))
+    return row
+
+
+def _merge_cells(merge: MergeAlignment) -> list[layout.Cell]:
+    row = _cells(merge_row(merge))
+    row[2] = layout.cell(["?" if v is None else format_expr(v) for v in merge.shift])
+    return row
+
+
+def _resample_cells(resample: ResampleAlignment) -> list[layout.Cell]:
+    row = _cells(resample_row(resample))
+    row[4] = layout.cell(["?" if v is None else format_expr(v) for v in resample.max_shift])
+    return row
+
+
+_STYLES = {True: "green", False: "red", None: "yellow"}
+
+
+class _Section:
+    """One titled table before layout: its columns, their kinds, the order in
+    which they stay in the first table, and a style per row for one column."""
+
+    def __init__(self, title: str, headers: list[str], kinds: list[str], rows: list[list[layout.Cell]],
+                 priority: Optional[list[int]] = None, styled: Optional[int] = None,
+                 styles: Optional[list[str]] = None):
+        self.title = title
+        self.columns = [layout.Column(_HYPHENATED.get(h, h), k, tuple(r[i] for r in rows))
+                        for i, (h, k) in enumerate(zip(headers, kinds))]
+        self.priority = priority or list(range(len(headers)))
+        self.styled, self.styles = styled, styles or []
+
+    def tables(self, width: int):
+        """(rich Table, its width) per table this section folds into at ``width``."""
+        from rich.table import Table
+        from rich.text import Text
+
+        result = []
+        for n, (group, widths) in enumerate(layout.fold(self.columns, width, self.priority, self.priority[1:3])):
+            columns = [self.columns[i] for i in group]
+            title = self.title if n == 0 else (f"{self.title}, continued: "
+                                               f"{', '.join(_plain(c.header) for c in columns[1:])}")
+            table = Table(title=title)
+            for column, w in zip(columns, widths):
+                table.add_column("\n".join(layout.header_lines(column.header, w)), width=w, no_wrap=True,
+                                 overflow="ignore")
+            for r in range(len(columns[0].cells)):
+                row = []
+                for i, column, w in zip(group, columns, widths):
+                    style = self.styles[r] if i == self.styled else ""
+                    row.append(Text("\n".join(layout.wrap(column.cells[r], w, column.kind)), style=style))
+                table.add_row(*row)
+            result.append((table, layout.table_width(widths)))
+        return result
+
+
+def _plain(header: str) -> str:
+    return header.replace("\xad", "")
+
+
+#: table headers may break here when a column is narrower than the word
+_HYPHENATED = {"counterexample": "counter\xadexample"}
+
+
+class TableReport:
+    """The layer table, the crop, merge and resample tables and the summary,
+    laid out when printed, for the console's width: no name or size is ever
+    broken; columns that do not fit side by side fold into further tables
+    that repeat the name column (``layers, continued: stride, center, rf``).
+    Below :data:`MIN_WIDTH` columns, or when a model's names are too long for
+    the width, the tables keep their narrowest layout and lines run longer."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        title = f"{analysis.model} — input {' x '.join(format_expr(s) for s in analysis.input.sizes)}"
+        layer_rows = [_layer_cells(layer) for layer in analysis.layers]
+        self.sections = [_Section(title, LAYER_COLUMNS, LAYER_KINDS, layer_rows, LAYER_PRIORITY)]
+        self.legend = [UNKNOWN_LEGEND] if any("?" in c.pieces for row in layer_rows
+                                              for c in row[4:]) else []
+        for name, headers, kinds, items, cells_of, column in (
+                ("crops", CROP_COLUMNS, CROP_KINDS, analysis.crops, _crop_cells, 5),
+                ("merges", MERGE_COLUMNS, MERGE_KINDS, analysis.merges, _merge_cells, 3),
+                ("resamples", RESAMPLE_COLUMNS, RESAMPLE_KINDS, analysis.resamples, _resample_cells, 5)):
+            if items:
+                self.sections.append(_Section(name, headers, kinds, [cells_of(i) for i in items], styled=column,
+                                              styles=[_STYLES[i.aligned] for i in items]))
+        self.summary = summary_lines(analysis)
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        width = max(options.max_width, MIN_WIDTH)
+        for n, section in enumerate(self.sections):
+            for table, needed in section.tables(width):
+                yield from console.render(table, options.update_width(max(needed, options.max_width)))
+            if n == 0:
+                for line in self.legend:
+                    yield from console.render(Text(line), options.update_width(width))
+        for line in self.summary:
+            yield from console.render(Text(line), options.update_width(width))
+
+
+def render_table(analysis: Analysis) -> TableReport:
+    """A rich renderable: the layer table, the crop, merge and resample tables
+    and a summary, fitted to the width of the console that prints it."""
+    return TableReport(analysis)
 
 
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -261,5 +363,7 @@ def render_markdown(analysis: Analysis) -> str:
     if analysis.resamples:
         parts += ["", "### Resamples", "",
                   _markdown_table(RESAMPLE_COLUMNS, [resample_row(r) for r in analysis.resamples])]
+    if any("?" in text.split(" x ") for layer in analysis.layers for text in layer_row(layer)[4:]):
+        parts += ["", UNKNOWN_LEGEND]
     parts += ["", *[f"- {line}" for line in summary_lines(analysis)]]
     return "\n".join(parts) + "\n"

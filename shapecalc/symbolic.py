@@ -49,6 +49,12 @@ class FloorDiv(sympy.Function):
     def divisor(self) -> int:
         return int(self.args[1])
 
+    def _sympystr(self, printer) -> str:
+        # sympy's own str()/repr() print the display form too, so a size a
+        # user holds prints as the CLI shows it (ceiling((H + 198)/32)), and
+        # sympy.sympify(str(size)) reads it back.
+        return _floordiv_text(self, printer)
+
 
 def size_symbol(name: str) -> sympy.Symbol:
     """The symbol for an input size: a positive integer."""
@@ -409,16 +415,20 @@ def _floordiv_parts(expr: FloorDiv, shift: int = 0) -> tuple[str, sympy.Expr, in
     return "floor", numerator, q
 
 
+def _floordiv_text(expr: FloorDiv, printer, shift: int = 0) -> str:
+    name, numerator, q = _floordiv_parts(expr, shift)
+    inner = printer._print(numerator)
+    if not (numerator.is_Symbol or numerator.is_Number):
+        inner = f"({inner})"
+    return f"{name}({inner}/{q})"
+
+
 class _SizePrinter(StrPrinter):
     """Prints canonical sizes as ``ceiling((H + 198)/32)``: parsable by
     ``sympy.sympify`` with floor/ceiling, and close to how people write it."""
 
     def _print_FloorDiv(self, expr, shift: int = 0):
-        name, numerator, q = _floordiv_parts(expr, shift)
-        inner = self._print(numerator)
-        if not (numerator.is_Symbol or numerator.is_Number):
-            inner = f"({inner})"
-        return f"{name}({inner}/{q})"
+        return _floordiv_text(expr, self, shift)
 
     def _print_Add(self, expr, order=None):
         constant, rest = expr.as_coeff_Add()
@@ -443,6 +453,31 @@ def format_expr(expr) -> str:
     if isinstance(expr, (int, Fraction)):
         expr = as_expr(expr)
     return _PRINTER.doprint(expr)
+
+
+def display_form(expr):
+    """``expr`` with each lone floor term plus a constant folded into one
+    floor term, ``floor((H - 1)/2) + 1`` -> ``floor((H + 1)/2)``: the
+    identity :func:`format_expr` applies when printing, so ``str()`` of the
+    result is the canonical display string (sympy's own printer cannot see
+    the constant next to a floor term)."""
+    if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+        return expr
+    args = tuple(display_form(a) for a in expr.args)
+    if args != expr.args:
+        # unevaluated: Min/Max evaluation asks the assumptions system (slow)
+        expr = expr.func(*args, evaluate=False) if isinstance(expr, (sympy.Add, sympy.Mul, sympy.Min, sympy.Max)) \
+            else expr.func(*args)
+    if not expr.is_Add:
+        return expr
+    constant, rest = expr.as_coeff_Add()
+    terms = sympy.Add.make_args(rest)
+    floor_terms = [t for t in terms if isinstance(t, FloorDiv)]
+    if not (constant.is_Integer and constant != 0 and len(floor_terms) == 1):
+        return expr
+    term = floor_terms[0]
+    folded = FloorDiv(sympy.expand(term.numerator + int(constant) * term.divisor), term.args[1])
+    return sympy.Add(*[t for t in terms if t is not term], folded)
 
 
 def parse_size_text(text: str) -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 import sympy
 
 from .receptive import INDEX, Window, identity_window, substitute
-from .symbolic import as_expr
+from .symbolic import as_expr, format_expr
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ class SymbolicTensor:
         object.__setattr__(self, "shape", tuple(as_expr(s) for s in self.shape))
         if len(self.geometry) != len(self.spatial):
             object.__setattr__(self, "geometry", (None,) * len(self.spatial))
+
+    def __repr__(self) -> str:
+        # sizes as the CLI prints them; the geometry has its own repr
+        return f"SymbolicTensor(shape=({', '.join(format_expr(s) for s in self.shape)}), spatial={self.spatial})"
 
     @property
     def ndim(self) -> int:
