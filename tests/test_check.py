@@ -347,3 +347,47 @@ def test_resample_shifts_match_torch():
     positions = 16 * torch.arange(33, dtype=torch.float64).view(1, 1, 33)
     sampled = F.interpolate(positions, size=513, mode="linear", align_corners=True)[0, 0]
     assert torch.allclose(sampled, torch.arange(513, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------
+# no false passes (issue 10)
+
+CLASSIFIER = '''
+import torch.nn as nn
+
+def classifier():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+def plain():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def classifier_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cls") / "cls.py"
+    path.write_text(CLASSIFIER)
+    return path
+
+
+def test_expected_spatial_size_on_an_output_without_spatial_axes_fails(capsys, classifier_file):
+    # torch: the output is (1, 5), no spatial axis to be H
+    out = load_model(f"{classifier_file}:classifier")(torch.empty(1, 3, 17, 17, device="meta"))
+    assert out.shape == (1, 5)
+    for given, expect in (("H", "H"), ("HxW", "HxW"), ("H", "17")):
+        assert main(["check", f"{classifier_file}:classifier", "--input", given, "--expect-output", expect]) == 1
+        text = capsys.readouterr().out
+        assert "output (1, 5) has no spatial axes" in text and text.startswith("error:")
+
+
+def test_nothing_to_check_is_not_ok(capsys, classifier_file):
+    spec = f"{classifier_file}:plain"
+    load_model(spec)(torch.empty(1, 3, 5, 5, device="meta"))  # torch runs it: the failure is not a size
+    assert main(["check", spec, "--input", "H"]) == 1
+    assert "nothing to check" in capsys.readouterr().out
+    # an expectation gives it something to check (torch: H - 4)
+    assert load_model(spec)(torch.empty(1, 3, 9, 9, device="meta")).shape[-2:] == (5, 5)
+    assert main(["check", spec, "--input", "H", "--expect-output", "5"]) == 1
+    capsys.readouterr()
+    assert main(["check", spec, "--input", "9", "--expect-output", "5", "--max-shift", "1"]) == 0
+    assert "warning: model: --max-shift 1: no resample to measure" in capsys.readouterr().out

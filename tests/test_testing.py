@@ -232,3 +232,36 @@ def test_bad_marker(shapecalc_check):
     assert "unknown argument(s) nonsense" in result.stdout.str()
     markers = pytester.runpytest("--markers").stdout.str()
     assert "@pytest.mark.shapecalc(input='H', expect_output=None, max_shift=None, channels=None)" in markers
+
+
+# ---------------------------------------------------------------------------
+# no false passes (issue 10)
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def test_assert_output_size_fails_on_an_output_without_spatial_axes():
+    assert Classifier()(torch.zeros(1, 3, 9, 9)).shape == (1, 5)  # torch: nothing spatial to be H
+    with pytest.raises(AssertionError, match=r"output \(1, 5\) has no spatial axes where H is expected"):
+        assert_output_size(Classifier(), input="H", expected="H")
+
+
+def test_assertions_that_would_check_nothing_fail(shapecalc_check):
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert torch_runs(plain, 3)  # torch runs it: what fails is that nothing was aligned
+    with pytest.raises(AssertionError, match="nothing to align"):
+        assert_aligned(plain, input="H")
+    with pytest.raises(pytest.fail.Exception, match="nothing to check"):
+        shapecalc_check(plain)
+    with pytest.raises(ValueError, match="nothing"):
+        assert_valid_for(plain, [])
+    assert torch_runs(plain, 8) and plain(torch.zeros(1, 3, 8, 8)).shape[-1] == 6
+    with pytest.raises(AssertionError, match="H - 2"):
+        assert_output_size(plain, input="H", expected="H")

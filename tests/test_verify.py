@@ -4,6 +4,7 @@ models, meta for shape-only sweeps; cuda when the machine has one)."""
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import sympy
@@ -220,3 +221,159 @@ def test_numeric_differences_are_settled_at_once():
     assert ge(H + 1, H) is sympy.true and eq(H, H + 1) is sympy.false
     assert smallest(H + 3, H, H + 1) == H and largest(5, 2) == 5
     assert isinstance(le(H, 5), sympy.Le)  # left to the domain
+
+
+# ---------------------------------------------------------------------------
+# no false passes (issue 10)
+
+
+def _flat7200():
+    """conv k3 with 8 channels, flatten, Linear(7200): runs only where 8*(H-2)*(W-2) = 7200."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(7200, 10))
+
+
+def _meta_runs(model, h, w) -> bool:
+    try:
+        model.to("meta")(torch.empty(1, 3, h, w, device="meta"))
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_comparing_nothing_is_not_a_pass_and_suggests_sizes_that_reach_one(tmp_path, capsys):
+    model = _flat7200()
+    # torch: no size up to 20 runs, 32x32 does
+    assert not any(_meta_runs(model, h, w) for h in range(3, 21) for w in range(3, 21))
+    assert _meta_runs(model, 32, 32)
+    report = verify(model, "HxW", device="meta", examples=5, max_size=20)
+    assert not report.passed and report.exit_code == 2 and report.nodes_compared == 0
+    assert "--max-size 32" in report.problem and "--input 32x32" in report.problem
+    assert "nothing compared" in report.summary() and "FAIL" in report.summary()
+    path = tmp_path / "flat.py"
+    path.write_text("import torch.nn as nn\n\ndef build():\n"
+                    "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(7200, 10))\n")
+    assert main(["verify", f"{path}:build", "--device", "meta", "--examples", "5", "--max-size", "20"]) == 2
+    assert "--input 32x32" in capsys.readouterr().out
+    # with room to reach them, the sizes where torch runs are found and compared
+    wide = verify(model, "HxW", device="meta", examples=5, max_size=64)
+    assert wide.passed and wide.examples >= 1
+    assert all(_meta_runs(model, o.sizes["H"], o.sizes["W"]) for o in wide.outcomes if o.claimed_valid)
+
+
+def test_a_network_that_never_runs_is_not_a_pass():
+    class Never(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 3, 3), nn.MaxPool2d(4)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.pool(x[:, :, :2] + x)
+
+    model = Never()
+    assert not any(_meta_runs(model, h, h) for h in range(1, 40))
+    report = verify(model, "H", device="meta", examples=5, max_size=40)
+    assert not report.passed and report.exit_code == 1
+    assert "runs for no H" in report.problem
+
+
+def test_a_bare_layer_runs_what_was_traced(capsys):
+    report = verify(nn.Conv2d(3, 4, 3), "HxW", device="cpu", examples=4, max_size=24)
+    assert report.passed, report.summary()
+    assert report.examples == 4 and report.nodes_compared == 4 and report.invalid_checked >= 2
+    # every invalid size it counts is one torch refuses
+    for outcome in report.outcomes:
+        if not outcome.claimed_valid:
+            h, w = outcome.sizes["H"], outcome.sizes["W"]
+            with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+                nn.Conv2d(3, 4, 3)(torch.zeros(1, 3, h, w))
+    argv = ["verify", "torch.nn:Conv2d", "--arg", "in_channels=3", "--arg", "out_channels=4",
+            "--arg", "kernel_size=3", "--device", "cpu", "--examples", "3", "--max-size", "16"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("PASS")
+
+
+def _torch_errors():
+    """Errors torch itself raises, on cpu and meta: (error, is it about sizes)."""
+    def raised(call):
+        try:
+            call()
+        except Exception as error:  # noqa: BLE001 - collecting torch's own errors
+            return error
+        raise AssertionError("torch ran")
+
+    F = torch.nn.functional
+    found = []
+    for d in ("cpu", "meta"):
+        z = lambda *shape: torch.zeros(*shape, device=d)  # noqa: E731
+        for call in (lambda: nn.Conv2d(1, 1, 3).to(d)(z(1, 1, 2, 2)), lambda: nn.MaxPool2d(3)(z(1, 1, 2, 2)),
+                     lambda: nn.Linear(400, 3).to(d)(z(1, 16)), lambda: z(1, 1, 4) + z(1, 1, 5),
+                     lambda: torch.cat([z(1, 1, 4), z(1, 1, 5)], 1), lambda: z(1, 10).view(1, -1, 4),
+                     lambda: F.pad(z(1, 1, 2, 2), (2, 2, 2, 2), mode="reflect"),
+                     lambda: nn.BatchNorm2d(1).to(d).train()(z(1, 1, 1, 1)),
+                     lambda: F.interpolate(z(1, 1, 2, 2), scale_factor=0.1),
+                     lambda: nn.ConvTranspose2d(1, 1, 3, padding=3).to(d)(z(1, 1, 1, 1)),
+                     lambda: z(1, 1, 2).unfold(2, 3, 1), lambda: nn.LayerNorm(4).to(d)(z(1, 1, 3))):
+            found.append((raised(call), True))
+        found.append((raised(lambda: nn.Conv2d(1, 1, 3).to(d)(z(1, 1, 5, 5).double())), False))  # dtype
+    found.append((raised(lambda: nn.Conv2d(1, 1, 3)(torch.zeros(1, 1, 5, 5)).nope), False))
+    found.append((raised(lambda: nn.Conv2d(1, 1, 3)("x")), False))
+    found.append((raised(lambda: __import__("no_such_module_here")), False))
+    found.append((raised(lambda: torch.ops.aten.nonzero(torch.zeros(3, device="meta"))), False))
+    return found
+
+
+def test_only_torch_size_errors_count_as_refusals():
+    from shapecalc.verify import is_size_error
+
+    for error, about_sizes in _torch_errors():
+        assert is_size_error(error) is about_sizes, f"{type(error).__name__}: {error}"
+
+
+def test_an_invalid_size_failing_for_another_reason_is_not_confirmed():
+    # double weights, float input: every forward pass fails on dtype, whatever the size
+    model = nn.Sequential(nn.Conv2d(1, 1, 5)).double()
+    with pytest.raises(RuntimeError, match="type"):
+        model(torch.zeros(1, 1, 2, 2))  # an invalid size, refused for its dtype first
+    report = verify(model, "H", device="cpu", examples=3, max_size=20)
+    assert not report.passed and report.invalid_checked == 0
+    assert report.mismatch.kind == "broken" and "not a size error" in report.mismatch.message
+
+
+def test_time_and_memory_follow_examples_not_max_size():
+    # in a subprocess capped at 3 GiB: listing 10**12 sizes could not fit
+    code = textwrap.dedent("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        import torch.nn as nn
+        from shapecalc.verify import verify
+        r = verify(nn.Conv1d(1, 1, 3), "H", device="meta", examples=6, max_size=10**12)
+        print(r.passed, r.examples, r.size_range["H"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # torch's meta forward passes ran at the smallest valid size and at 10**12
+    assert out.stdout.split(None, 2) == ["True", "6", "(3, 1000000000000)\n"]
+
+
+def test_size_index_matches_membership():
+    from shapecalc.domain import PeriodicSet
+    from shapecalc.verify import SizeIndex
+
+    sets = [PeriodicSet.everything(), PeriodicSet.at_least(7),
+            PeriodicSet(4, (((3, None),), ((0, None),), (), ((2, 9),))),
+            PeriodicSet(3, (((1, 2), (5, None)), (), ((0, 0), (4, 6))))]
+    for valid in sets:
+        for bound in (1, 2, 5, 13, 40):
+            members = [n for n in range(1, bound + 1) if n in valid]
+            index = SizeIndex(valid, bound)
+            assert [index[i] for i in range(index.count)] == members
+            assert [index.rank(n) for n in range(bound + 2)] == [sum(m <= n for m in members) for n in range(bound + 2)]
+
+
+def test_verify_needs_nothing_beyond_the_main_install():
+    # the README installs with `pip install -e .`; verify draws with hypothesis
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.replace(" ", "").startswith("hypothesis") for d in project["dependencies"])
