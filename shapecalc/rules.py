@@ -277,11 +277,17 @@ def _pool(ctx, x: SymbolicTensor, nd: int, kernel, stride, padding, dilation, ce
     return x.with_spatial(sizes, geometry)
 
 
+def _with_indices(values: SymbolicTensor, return_indices: bool):
+    """``(values, indices)`` where torch returns both: the indices have the
+    values' shape (and their positions, for an unpool to invert)."""
+    return (values, values) if return_indices else values
+
+
 @rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def max_pooling(ctx, x):
     m = ctx.module
     nd = int(type(m).__name__[-2])
-    return _pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    return _with_indices(_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), m.return_indices)
 
 
 @rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -303,10 +309,16 @@ def _average_pool(ctx, x, nd: int, kernel, stride, padding, ceil_mode: bool):
 
 @rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)
 def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    if return_indices:
-        raise UnsupportedOpError("max_pool with return_indices=True")
     x = _expect_tensor(x, "max_pool")
-    return _pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode)
+    return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), return_indices)
+
+
+# F.max_pool2d(..., return_indices=True) is traced as these; they return
+# (values, indices) whatever return_indices says.
+@rule(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)
+def max_pooling_with_indices(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    x = _expect_tensor(x, "max_pool")
+    return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), True)
 
 
 @rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
@@ -377,18 +389,70 @@ def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size, average: bool = Fals
 @rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 def adaptive_pooling(ctx, x):
     m = ctx.module
-    if getattr(m, "return_indices", False):
-        raise UnsupportedOpError("adaptive max pool with return_indices=True")
-    return _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size,
-                     average=type(m).__name__.startswith("AdaptiveAvg"))
+    pooled = _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size,
+                       average=type(m).__name__.startswith("AdaptiveAvg"))
+    return _with_indices(pooled, getattr(m, "return_indices", False))
 
 
 @rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 def functional_adaptive_pooling(ctx, x, output_size, return_indices=False):
-    if return_indices:
-        raise UnsupportedOpError("adaptive max pool with return_indices=True")
     x = _expect_tensor(x, "adaptive pool")
-    return _adaptive(ctx, x, len(x.spatial), output_size)
+    return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), return_indices)
+
+
+@rule(F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool3d_with_indices)
+def adaptive_pooling_with_indices(ctx, x, output_size, return_indices=False):
+    x = _expect_tensor(x, "adaptive pool")
+    return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), True)
+
+
+def _unpool(ctx, x, indices, nd: int, kernel, stride, padding, output_size):
+    x, indices = _expect_tensor(x, "max_unpool"), _expect_tensor(indices, "max_unpool indices")
+    _spatial_count(x, nd)
+    kernel = _per_axis(kernel, nd, "kernel_size")
+    stride = _per_axis(stride if stride not in (None, [], ()) else kernel, nd, "stride")
+    padding = _per_axis(padding, nd, "padding")
+    if indices.ndim != x.ndim:
+        ctx.require(sympy.false, f"indices have {indices.ndim} dimensions, the input {x.ndim}")
+    for a, b in zip(x.shape, indices.shape):
+        ctx.require(eq(a, b), f"indices of shape {tuple(format_expr(v) for v in indices.shape)} for an input of shape "
+                              f"{tuple(format_expr(v) for v in x.shape)}")
+    # "Expected input to have non-zero size for non-batch dimensions"
+    _nonempty(ctx, x.shape[1:])
+    defaults = [(n - 1) * s + k - 2 * p for n, k, s, p in zip(x.spatial_sizes, kernel, stride, padding)]
+    if output_size is None:
+        sizes = defaults
+        ctx.note("max_unpool without output_size: where the pooled input was larger than the default output, "
+                 "some indices may point outside it (torch then raises 'Found an invalid max index', depending "
+                 "on the values); pass output_size=<the pooled input's size>")
+    else:
+        sizes = [as_expr(v) for v in output_size]
+        if len(sizes) == nd + 2:
+            sizes = sizes[2:]
+        if len(sizes) != nd:
+            ctx.require(sympy.false, f"output_size {tuple(output_size)} has {len(sizes)} entries for {nd} spatial axes")
+        for size, default, s in zip(sizes, defaults, stride):
+            # F._unpool_output_size: within one stride of the default, exclusive
+            ctx.require(sympy.And(gt(size, default - s), lt(size, default + s)),
+                        f"output_size {format_expr(size)} must lie strictly between {format_expr(default - s)} and "
+                        f"{format_expr(default + s)}")
+    for size in sizes:
+        # an empty output has no place for the (non-empty) input's indices
+        ctx.require(ge(size, 1), f"max_unpool output {format_expr(size)} must be positive")
+    geometry = [_transposed_axis(g, k, s, p, 1) for g, k, s, p in zip(x.geometry, kernel, stride, padding)]
+    return x.with_spatial(sizes, geometry)
+
+
+@rule(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+def max_unpooling(ctx, x, indices, output_size=None):
+    m = ctx.module
+    return _unpool(ctx, x, indices, int(type(m).__name__[-2]), m.kernel_size, m.stride, m.padding, output_size)
+
+
+@rule(F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
+def functional_max_unpooling(ctx, x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    x = _expect_tensor(x, "max_unpool")
+    return _unpool(ctx, x, indices, len(x.spatial), kernel_size, stride, padding, output_size)
 
 
 @rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
@@ -935,6 +999,9 @@ def attribute(ctx, obj, name, *default):
         if name == "ndim":
             return obj.ndim
         raise UnsupportedOpError(f"tensor attribute .{name}")
+    if isinstance(obj, tuple) and len(obj) == 2 and name in ("values", "indices"):
+        # torch's (values, indices) named tuples (max, min, sort, ...)
+        return obj[0 if name == "values" else 1]
     return getattr(obj, name, *default)
 
 

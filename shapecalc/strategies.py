@@ -466,6 +466,8 @@ def _pool_module_cases(draw, key):
     (nd,) = _dims_of(key)
     c = draw(_channel_counts)
     layer = draw(pool_layers(nd, kinds=("max",) if key.__name__.startswith("Max") else ("avg",)))
+    if key.__name__.startswith("Max"):
+        layer.return_indices = draw(st.booleans())  # then the forward returns (values, indices)
     pre = draw(_pre_layers(nd))
     return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
 
@@ -507,10 +509,82 @@ def _adaptive_cases(draw, key):
         st.integers(1, 6), st.tuples(*[targets] * nd)))
     pre = draw(_pre_layers(nd))
     if isinstance(key, type):
-        layer = key(output_size)
+        # a max pool may return (values, indices)
+        layer = key(output_size, return_indices=True) if "Max" in key.__name__ and draw(st.booleans()) else key(output_size)
         return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
     text = f"{_name(key)}({_pre_text(pre)}, {output_size!r})"
     return _call_case(key, nd, c, lambda self, x: key(x, output_size), text, pre)
+
+
+_WITH_INDICES = {F.max_pool1d_with_indices: F.max_pool1d, F.max_pool2d_with_indices: F.max_pool2d,
+                 F.max_pool3d_with_indices: F.max_pool3d, F.adaptive_max_pool1d_with_indices: F.adaptive_max_pool1d,
+                 F.adaptive_max_pool2d_with_indices: F.adaptive_max_pool2d,
+                 F.adaptive_max_pool3d_with_indices: F.adaptive_max_pool3d}
+
+
+@_cases(*_WITH_INDICES)
+@st.composite
+def _pool_with_indices_cases(draw, key):
+    """F.max_pool2d(x, ..., return_indices=True), which fx records as
+    max_pool2d_with_indices; the forward returns (values, indices), one of
+    them."""
+    public = _WITH_INDICES[key]
+    (nd,) = _dims_of(public)
+    c = draw(_channel_counts)
+    if "adaptive" in key.__name__:
+        output_size = draw(st.integers(1, 6))
+        call = lambda x: public(x, output_size, return_indices=True)  # noqa: E731
+        shown = f"{output_size!r}"
+    else:
+        kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 2))
+        call = lambda x: public(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)  # noqa: E731
+        shown = f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode}"
+    pick = draw(st.sampled_from(("both", "values", "indices")))
+    pre = draw(_pre_layers(nd))
+
+    def forward(self, x):
+        values, indices = call(x)
+        return (values, indices) if pick == "both" else values if pick == "values" else indices
+
+    text = f"{_name(public)}({_pre_text(pre)}, {shown}, return_indices=True) -> {pick}"
+    return _call_case(key, nd, c, forward, text, pre)
+
+
+_UNPOOL_MODULES = (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+_UNPOOL_FUNCTIONS = (F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
+
+
+@_cases(*_UNPOOL_MODULES, *_UNPOOL_FUNCTIONS)
+@st.composite
+def _unpool_cases(draw, key):
+    """SegNet's pattern: pool with indices, then unpool back to the pooled
+    input's size (x.shape[2:] or x.size()), so every index lands inside the
+    output.  Without output_size an index can fall outside when the pooled
+    input was larger than the default output: that depends on the values,
+    so the cases always pass one."""
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 1))
+    pool = _MAXPOOL[nd](kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    whole = draw(st.booleans())  # output_size with batch and channel, as x.size() gives it
+    pre = draw(_pre_layers(nd))
+    if isinstance(key, type):
+        unpool = key(kernel, stride, padding)
+
+        def forward(self, x):
+            values, indices = self.pool(x)
+            return self.unpool(values, indices, output_size=x.size() if whole else x.shape[2:])
+
+        modules = {"pool": pool, "unpool": unpool}
+        text = f"{unpool!r}({pool!r}({_pre_text(pre)}), output_size={'x.size()' if whole else 'x.shape[2:]'})"
+    else:
+        def forward(self, x):
+            values, indices = self.pool(x)
+            return key(values, indices, kernel, stride, padding, output_size=x.size() if whole else x.shape[2:])
+
+        modules = {"pool": pool}
+        text = f"{_name(key)}({pool!r}({_pre_text(pre)}), kernel={kernel}, stride={stride}, padding={padding})"
+    return _call_case(key, nd, c, forward, text, pre, modules)
 
 
 # --- resampling ------------------------------------------------------------
