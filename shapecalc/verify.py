@@ -137,17 +137,18 @@ def _peak_elements(shapes: Mapping[str, Any]) -> int:
 
 
 #: words torch's own size refusals use (conv, pool, linear/matmul on cpu and meta,
-#: broadcasting, cat, view/reshape, pads, norms, interpolate, unfold, pixel shuffle)
+#: broadcasting, cat, view/reshape, pads, narrow, norms, interpolate, unfold, pixel shuffle, indexing)
 _SIZE_WORDS = ("size", "shape", "dim", "broadcast", "padding", "kernel", "divisible", "value per channel",
-               "spatial element")
+               "spatial element", "length", "negative", "out of bounds", "too small", "empty")
 
 
 def is_size_error(error: BaseException) -> bool:
     """Whether ``error`` is torch refusing the input's sizes: a RuntimeError or
-    ValueError whose message is about sizes.  AttributeError, TypeError,
-    ImportError, NotImplementedError (an op missing on a device) or a dtype or
-    device clash are failures of the run itself, which say nothing about sizes."""
-    if isinstance(error, NotImplementedError) or not isinstance(error, (RuntimeError, ValueError)):
+    ValueError (or an IndexError: an index past an axis) whose message is
+    about sizes.  AttributeError, TypeError, ImportError, NotImplementedError
+    (an op missing on a device) or a dtype or device clash are failures of the
+    run itself, which say nothing about sizes."""
+    if isinstance(error, NotImplementedError) or not isinstance(error, (RuntimeError, ValueError, IndexError)):
         return False
     text = str(error).lower()
     return any(word in text for word in _SIZE_WORDS)

@@ -313,7 +313,8 @@ def _torch_errors():
                      lambda: nn.BatchNorm2d(1).to(d).train()(z(1, 1, 1, 1)),
                      lambda: F.interpolate(z(1, 1, 2, 2), scale_factor=0.1),
                      lambda: nn.ConvTranspose2d(1, 1, 3, padding=3).to(d)(z(1, 1, 1, 1)),
-                     lambda: z(1, 1, 2).unfold(2, 3, 1), lambda: nn.LayerNorm(4).to(d)(z(1, 1, 3))):
+                     lambda: z(1, 1, 2).unfold(2, 3, 1), lambda: nn.LayerNorm(4).to(d)(z(1, 1, 3)),
+                     lambda: F.pad(z(1, 1, 2), (-3, 2)), lambda: z(1, 1, 2)[:, :, 5]):
             found.append((raised(call), True))
         found.append((raised(lambda: nn.Conv2d(1, 1, 3).to(d)(z(1, 1, 5, 5).double())), False))  # dtype
     found.append((raised(lambda: nn.Conv2d(1, 1, 3)(torch.zeros(1, 1, 5, 5)).nope), False))
