@@ -137,7 +137,8 @@ def _add_verify(subparsers) -> None:
         description="Draw input sizes from MODEL's valid domain (always its smallest sizes and a few large ones), "
                     "run real forward passes on the device and compare every node's shape with the engine's "
                     "prediction; sizes outside the domain must fail. A mismatch is shrunk to the smallest "
-                    "failing input and reported with its node. Exit 0 pass, 1 mismatch, 2 usage.")
+                    "failing input and reported with its node. Exit 0 pass; 1 mismatch, or no valid size compared; "
+                    "2 usage, or --max-size excluding every valid size.")
     _add_model_arguments(parser)
     parser.add_argument("--input", default=None, metavar="SPEC",
                         help="input size (default: one symbol per spatial axis, e.g. HxW)")
