@@ -193,3 +193,23 @@ def test_a_factory_that_fails_everywhere_reports_its_own_error():
 
 def _fails_everywhere():
     raise RuntimeError("no such backbone")
+
+
+class ReturnsAnOrderedDict(nn.Module):
+    """torchvision's segmentation nets return an OrderedDict; fx's graph returns a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x):
+        from collections import OrderedDict
+
+        return OrderedDict(out=self.conv(x))
+
+
+def test_a_dict_for_an_ordered_dict_is_the_same_output():
+    model = ReturnsAnOrderedDict().to("meta")
+    assert type(_meta(torch.fx.symbolic_trace(model), 1, 3, 64, 96)) is not type(_meta(model, 1, 3, 64, 96))
+    analysis = analyze(model, "64x96")
+    assert tuple(int(s) for s in analysis.outputs["out"].shape) == tuple(_meta(model, 1, 3, 64, 96)["out"].shape)
