@@ -101,6 +101,10 @@ def _trimmed(coefficients) -> Polynomial:
 
 
 def _poly_add(p: Polynomial, q: Polynomial) -> Polynomial:
+    if len(p) <= 2 and len(q) <= 2:  # the common affine case, without the generic loop
+        constant = p[0] + q[0]
+        slope = (p[1] if len(p) > 1 else 0) + (q[1] if len(q) > 1 else 0)
+        return (constant, slope) if slope else (constant,)
     size = max(len(p), len(q))
     return _trimmed((p[i] if i < len(p) else 0) + (q[i] if i < len(q) else 0) for i in range(size))
 
@@ -293,9 +297,14 @@ class _ResidueClass:
         if expr.is_Add:
             return reduce(lambda f, g: _combine(f, g, _poly_add), [self.affine(a) for a in expr.args])
         if expr.is_Mul:
+            coefficient, rest = expr.as_coeff_Mul()
+            factors = sympy.Mul.make_args(rest)
             # products of sizes (a flattened feature count) are polynomials in k
-            return reduce(lambda f, g: self._bounded(_combine(f, g, _poly_mul), expr),
-                          [self.affine(a) for a in expr.args])
+            segments = self.affine(factors[0]) if len(factors) == 1 else reduce(
+                lambda f, g: self._bounded(_combine(f, g, _poly_mul), expr), [self.affine(a) for a in factors])
+            c = Fraction(int(coefficient.p), int(coefficient.q))
+            return segments if c == 1 else [_Segment(s.lo, s.hi, _trimmed(x * c for x in s.coefficients))
+                                             for s in segments]
         if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
             base = self.affine(expr.base)
             return reduce(lambda f, g: self._bounded(_combine(f, g, _poly_mul), expr), [base] * int(expr.exp))
@@ -981,7 +990,11 @@ class Domain:
         try:
             if len(symbols) == 1:
                 (symbol,) = symbols
-                restriction = [_Cell({symbol: condition_set(requirement.condition, symbol)})]
+                allowed = condition_set(requirement.condition, symbol)
+                if self.cells is None:  # a plain product of per-symbol sets stays one
+                    self.sets[symbol] = self.sets[symbol].intersection(allowed)
+                    return
+                restriction = [_Cell({symbol: allowed})]
             else:
                 restriction = condition_cells(requirement.condition)
             cells = _cells_intersection(self._cells_or_box(), restriction)
@@ -1030,6 +1043,11 @@ class Domain:
         if not symbols or not symbols <= set(self.sets):
             return None
         try:
+            if len(symbols) == 1:
+                (symbol,) = symbols
+                failing = self.sets[symbol].difference(condition_set(condition, symbol))
+                # the projection holds only sizes of valid inputs, so a failing size is a valid input's
+                return [] if failing.is_empty() else [_Cell({symbol: failing})]
             if isinstance(condition, sympy.Eq) and condition.lhs.is_Symbol and condition.rhs.is_Symbol:
                 # H == W fails in every cell that neither ties them nor pins both to one size
                 x, y = condition.lhs, condition.rhs
