@@ -316,6 +316,7 @@ def _torch_errors():
                      lambda: z(1, 1, 2).unfold(2, 3, 1), lambda: nn.LayerNorm(4).to(d)(z(1, 1, 3)),
                      lambda: F.pad(z(1, 1, 2), (-3, 2)), lambda: z(1, 1, 2)[:, :, 5]):
             found.append((raised(call), True))
+        found.append((raised(lambda: F.interpolate(z(1, 1, 0, 3), size=(2, 3))), True))  # meta: a TypeError
         found.append((raised(lambda: nn.Conv2d(1, 1, 3).to(d)(z(1, 1, 5, 5).double())), False))  # dtype
     found.append((raised(lambda: nn.Conv2d(1, 1, 3)(torch.zeros(1, 1, 5, 5)).nope), False))
     found.append((raised(lambda: nn.Conv2d(1, 1, 3)("x")), False))
