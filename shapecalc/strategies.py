@@ -1143,3 +1143,221 @@ def _reduction_cases(draw, key):
         body = lambda self, x: key(x[..., crop:], dim, keepdim=keepdim)  # noqa: E731
         text = f"{_name(key)}({_pre_text(pre)}[..., {crop}:], {dim}, keepdim={keepdim})"
     return _call_case(key, nd, c, body, text, pre)
+
+
+# --- ops that return several tensors ---------------------------------------------
+
+
+def _invoke(key, x, *args, **kwargs):
+    """``x.key(...)`` for a method name, ``key(x, ...)`` for a function."""
+    return getattr(x, key)(*args, **kwargs) if isinstance(key, str) else key(x, *args, **kwargs)
+
+
+def _picked(result, pick):
+    """One part of a (values, indices) result, as models take it."""
+    if pick == "both":
+        return result
+    if pick in ("values", "indices"):
+        return getattr(result, pick)
+    return result[pick]
+
+
+_PICKS = st.sampled_from(("both", 0, 1, "values", "indices"))
+
+
+@_cases(torch.max, torch.min, "max", "min")
+@st.composite
+def _max_min_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    form = draw(st.sampled_from(("all", "dim", "dim_keyword", "other")))
+    # a crop may empty the last axis: max over nothing is an error
+    crop = draw(st.sampled_from((0, 0, 3, 6)))
+    dim = draw(st.integers(-(nd + 2), nd + 1))
+    keepdim = draw(st.booleans())
+    pick = draw(_PICKS)
+
+    def body(self, x):
+        x = x[..., crop:]
+        if form == "all":
+            return _invoke(key, x)
+        if form == "other":
+            return _invoke(key, x, x * 2)
+        if form == "dim":
+            return _picked(_invoke(key, x, dim, keepdim), pick)
+        return _picked(_invoke(key, x, dim=dim, keepdim=keepdim), pick)
+
+    text = f"{_name(key)}({_pre_text(pre)}[..., {crop}:], form={form}, dim={dim}, keepdim={keepdim}) -> {pick}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases(torch.sort, "sort", torch.topk, "topk")
+@st.composite
+def _order_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dim = draw(st.integers(-(nd + 2), nd + 1))
+    pick = draw(_PICKS)
+    if key in (torch.sort, "sort"):
+        descending = draw(st.booleans())
+        body = lambda self, x: _picked(_invoke(key, x, dim, descending), pick)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {dim}, descending={descending}) -> {pick}"
+    else:
+        k = draw(st.integers(0, 6))
+        largest = draw(st.booleans())
+        body = lambda self, x: _picked(_invoke(key, x, k, dim, largest), pick)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {k}, {dim}, largest={largest}) -> {pick}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases(torch.split, "split")
+@st.composite
+def _split_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))  # a spatial axis
+    v = draw(st.integers(0, 4))
+    form = draw(st.sampled_from(("channels_int", "channels_list", "spatial_rest", "spatial_fixed", "spatial_short")))
+    if form == "channels_int":
+        size = draw(st.integers(1, 4))
+        body, text = (lambda self, x: _invoke(key, x, size, 1)), f"({{x}}, {size}, 1)"
+    elif form == "channels_list":
+        sizes = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3))  # must add up to the channels
+        body, text = (lambda self, x: _invoke(key, x, sizes, 1)), f"({{x}}, {sizes}, 1)"
+    elif form == "spatial_rest":
+        body, text = (lambda self, x: _invoke(key, x, [x.shape[a] - v, v], a)), f"({{x}}, [x.shape[{a}] - {v}, {v}], {a})"
+    elif form == "spatial_fixed":
+        sizes = [v, draw(st.integers(0, 4))]  # the one size they add up to
+        body, text = (lambda self, x: _invoke(key, x, sizes, a)), f"({{x}}, {sizes}, {a})"
+    else:
+        # an axis cut to at most v + 1 fits one piece of v + 1: one tensor at every size
+        body = lambda self, x: _invoke(key, x[(slice(None),) * a + (slice(0, v + 1),)], v + 1, a)  # noqa: E731
+        text = f"({{x}}[{':, ' * a}:{v + 1}], {v + 1}, {a})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.chunk, "chunk")
+@st.composite
+def _chunk_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    chunks = draw(st.integers(1, 4))
+    form = draw(st.sampled_from(("channels", "spatial_one", "spatial_multiple", "spatial_fixed")))
+    if form == "channels":
+        # 3 channels in 2 chunks: pieces of 2 and 1; in 4 chunks: only 3 pieces
+        body, text = (lambda self, x: _invoke(key, x, chunks, 1)), f"({{x}}, {chunks}, 1)"
+    elif form == "spatial_one":
+        body, text = (lambda self, x: _invoke(key, x, 1, a)), f"({{x}}, 1, {a})"
+    elif form == "spatial_multiple":
+        # an axis cut to a multiple of `chunks`: `chunks` pieces at every size (empty ones at 0)
+        def body(self, x):
+            n = x.shape[a]
+            return _invoke(key, x[(slice(None),) * a + (slice(0, n // chunks * chunks),)], chunks, a)
+        text = f"({{x}}[{':, ' * a}:x.shape[{a}] // {chunks} * {chunks}], {chunks}, {a})"
+    else:
+        # a fixed length (at most 5): fewer pieces than asked where they run out (5 in 4: 2, 2, 1)
+        length = draw(st.integers(1, 5))
+        body = lambda self, x: _invoke(key, x[(slice(None),) * a + (slice(0, length),)].amax(a, keepdim=True).expand(  # noqa: E731
+            *[-1] * a, length, *[-1] * (nd + 1 - a)), chunks, a)
+        text = f"({{x}}[{':, ' * a}:{length}].amax({a}, keepdim=True).expand(..., {length}, ...), {chunks}, {a})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.unbind, "unbind")
+@st.composite
+def _unbind_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    form = draw(st.sampled_from(("batch", "channels", "pooled")))
+    if form == "pooled":
+        a = draw(st.integers(2, nd + 1))  # a spatial axis reduced to one element
+        body, text = (lambda self, x: _invoke(key, x.amax(a, keepdim=True), a)), f"({{x}}.amax({a}, keepdim=True), {a})"
+    else:
+        dim = 0 if form == "batch" else draw(st.sampled_from((1, -(nd + 1))))
+        body, text = (lambda self, x: _invoke(key, x, dim)), f"({{x}}, {dim})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.narrow, "narrow")
+@st.composite
+def _narrow_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dim = draw(st.integers(1, nd + 1)) - (nd + 2) * draw(st.booleans())
+    start = draw(st.integers(-4, 4))
+    length = draw(st.integers(-1, 4))
+    relative = draw(st.booleans())  # length = what remains after start, less length
+
+    def body(self, x):
+        if relative:
+            return _invoke(key, x, dim, start, x.shape[dim] - abs(start) - length)
+        return _invoke(key, x, dim, start, length)
+
+    shown = f"x.shape[{dim}] - {abs(start)} - {length}" if relative else f"{length}"
+    return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {dim}, {start}, {shown})", pre)
+
+
+# --- broadcasting copies and reorderings ----------------------------------------------
+
+
+@_cases("expand", "expand_as", "repeat")
+@st.composite
+def _copy_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    m = draw(st.integers(0, 4))
+    if key == "repeat":
+        counts = [draw(st.integers(0, 2)) for _ in range(nd + 2)]
+        lead = draw(st.lists(st.integers(1, 2), max_size=1))
+        body, text = (lambda self, x: x.repeat(*lead, *counts)), f"({{x}}, {tuple(lead + counts)})"
+    elif key == "expand_as":
+        # onto a tensor with the axis reduced to 1: a size-1 axis expands to the other's size
+        body = lambda self, x: x.amax(a, keepdim=True).expand_as(x)  # noqa: E731
+        text = f"({{x}}.amax({a}, keepdim=True), {{x}})"
+    else:
+        form = draw(st.sampled_from(("keep", "from_one", "fixed", "lead")))
+        if form == "keep":
+            body, text = (lambda self, x: x.expand(*[-1] * (nd + 2))), f"({{x}}, {(-1,) * (nd + 2)})"
+        elif form == "from_one":
+            body = lambda self, x: x.amax(a, keepdim=True).expand(*[-1] * a, m, *[-1] * (nd + 1 - a))  # noqa: E731
+            text = f"({{x}}.amax({a}, keepdim=True), axis {a} to {m})"
+        elif form == "fixed":
+            # a size that matches only where the axis is m (or 1)
+            body = lambda self, x: x.expand(*[-1] * a, m, *[-1] * (nd + 1 - a))  # noqa: E731
+            text = f"({{x}}, axis {a} to {m})"
+        else:
+            body = lambda self, x: x.expand(2, *[x.shape[i] for i in range(nd + 2)])  # noqa: E731
+            text = "({x}, 2, *x.shape)"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.flip, "flip", torch.roll, "roll")
+@st.composite
+def _reorder_in_place_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dims = tuple(draw(st.lists(st.integers(-(nd + 2), nd + 1), min_size=1, max_size=2,
+                               unique_by=lambda d: d % (nd + 2))))
+    if key in (torch.flip, "flip"):
+        body = (lambda self, x: torch.flip(x, dims)) if key is torch.flip else (lambda self, x: x.flip(*dims))
+        text = f"({{x}}, {dims})"
+    else:
+        shifts = tuple(draw(st.integers(-5, 5)) for _ in dims)
+        flat = draw(st.booleans())
+        if flat:
+            body = (lambda self, x: torch.roll(x, shifts[0])) if key is torch.roll else (lambda self, x: x.roll(shifts[0]))
+            text = f"({{x}}, {shifts[0]})"
+        else:
+            body = (lambda self, x: torch.roll(x, shifts, dims)) if key is torch.roll else (lambda self, x: x.roll(shifts, dims))
+            text = f"({{x}}, {shifts}, {dims})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
