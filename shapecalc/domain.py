@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import sympy
 
 from ._errors import DomainError
-from .symbolic import FloorDiv, compiled, evaluate, format_expr
+from .symbolic import FloorDiv, compiled, evaluate, floordiv, format_expr
 
 #: the largest period decided residue class by residue class
 MAX_PERIOD = 1 << 14
@@ -811,6 +811,10 @@ def _relation_cells(relation) -> list[_Cell]:
         (x, cx), (y, cy) = variable.items()
         if x.is_Symbol and y.is_Symbol and cx == -cy:
             return [_Cell.tied_equal((x, y))]
+    if isinstance(relation, sympy.Eq):
+        divisible = _divisibility_cells(difference)
+        if divisible is not None:
+            return divisible
     constant, product, coefficient = _product_form(relation)
     factors = [sympy.Mul(*fs) for _, fs in sorted(_factors_by_symbol(product).items(), key=lambda item: str(item[0]))]
     target = Fraction(int((-constant).p), int((-constant).q)) / Fraction(int(coefficient.p), int(coefficient.q))
@@ -832,6 +836,48 @@ def _relation_cells(relation) -> list[_Cell]:
     if kind is sympy.Lt:
         return _product_at_most(factors, math.ceil(target) - 1)
     raise DomainError(f"cannot decide {relation}")
+
+
+def _divisibility_cells(difference) -> Optional[list[_Cell]]:
+    """``c*floor(N/q) - c*N/q == 0`` says q divides N (a view's inferred axis
+    must come out whole); for N a product of per-symbol sizes, q | A*B holds
+    exactly when g | A and (q/g) | B for some divisor g of q."""
+    floors = [f for f in difference.atoms(FloorDiv) if len(f.free_symbols) > 1]
+    if len(floors) != 1:
+        return None
+    (floor_term,) = floors
+    c = difference.coeff(floor_term)
+    if not c.is_Rational or c == 0:
+        return None
+    numerator, q = floor_term.numerator, floor_term.divisor
+    if sympy.expand(difference - c * floor_term + c * numerator / q) != 0:
+        return None
+    constant, rest = sympy.expand(numerator).as_coeff_Add()
+    if constant != 0 or rest.is_Add:
+        rest = sympy.factor(numerator)
+    multiplier, product = rest.as_coeff_Mul()
+    if not multiplier.is_Integer:
+        return None
+    try:
+        groups = _factors_by_symbol(product)
+    except DomainError:
+        return None
+    factors = [sympy.Mul(*fs) for _, fs in sorted(groups.items(), key=lambda item: str(item[0]))]
+    return _product_divisible(factors, q // math.gcd(q, abs(int(multiplier))))
+
+
+def _product_divisible(factors, q: int) -> list[_Cell]:
+    first, rest = factors[0], factors[1:]
+    if q == 1:
+        return [_Cell({})]
+    if not rest:
+        return _single(first, sympy.Eq(q * floordiv(first, q), first, evaluate=False))
+    cases = []
+    for g in range(1, q + 1):
+        if q % g == 0:
+            mine = [_Cell({})] if g == 1 else _single(first, sympy.Eq(g * floordiv(first, g), first, evaluate=False))
+            cases.append(_cells_intersection(mine, _product_divisible(rest, q // g)))
+    return _union(*cases)
 
 
 def _factors_by_symbol(product) -> dict:
@@ -941,8 +987,21 @@ def _describe_cell(cell: _Cell, projections: dict) -> str:
         allowed = cell.sets[symbol]
         if symbol in followers or allowed == projections.get(symbol):
             continue
-        parts.append(allowed.plain().describe(str(symbol)).removeprefix("every "))
+        parts.append(_cell_phrase(allowed, str(symbol)))
     return " and ".join(parts) or "any sizes"
+
+
+def _cell_phrase(allowed: PeriodicSet, symbol: str) -> str:
+    """One symbol's part of a cell, short enough to sit between ``and``/``or``."""
+    plain = allowed.plain()
+    if plain.period == 1:
+        return plain.describe(symbol).removeprefix("every ")
+    whole = [r for r, c in enumerate(allowed.classes) if c == ((PeriodicSet.start(allowed.period, r), None),)]
+    if len(whole) + sum(1 for c in allowed.classes if not c) == allowed.period:
+        phrase = _residues_phrase(symbol, allowed.period, whole)
+        if " mod " not in phrase:  # one residue class of a divisor: "even W", "H a multiple of 4"
+            return phrase
+    return f"({allowed.describe(symbol)})"
 
 
 # ---------------------------------------------------------------------------

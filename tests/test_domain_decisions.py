@@ -142,12 +142,20 @@ class TransposeCat(nn.Module):
         return self.conv(torch.cat([x, x.transpose(2, 3)], 1))
 
 
+class ViewRows(nn.Module):
+    """view(1, -1, 4): needs 4 | 3*H*W (periodic in both symbols)."""
+
+    def forward(self, x):
+        return x.view(1, -1, 4)
+
+
 GRID = 10
 
 
 @pytest.mark.parametrize("model, channels", [
-    (TransposeAdd, 3), (GroupNormAfterPool, 3), (ConvFlattenLinear, 1), (TransposeCat, 3)],
-    ids=["transpose-add", "group-norm", "flatten-linear-hw", "transpose-cat"])
+    (TransposeAdd, 3), (GroupNormAfterPool, 3), (ConvFlattenLinear, 1), (TransposeCat, 3), (ViewPairs, 3),
+    (ViewRows, 3)],
+    ids=["transpose-add", "group-norm", "flatten-linear-hw", "transpose-cat", "view-pairs-hw", "view-rows-hw"])
 def test_two_symbol_domain_matches_torch_on_a_grid(model, channels):
     net = model()
     analysis = analyze(net, "HxW", channels=channels)
