@@ -1167,14 +1167,31 @@ def flatten_module(ctx, x):
     return _flatten(_expect_tensor(x, "Flatten"), ctx.module.start_dim, ctx.module.end_dim)
 
 
+def _linear(ctx, x: SymbolicTensor, in_features: int, out_features: Optional[int], what: str):
+    """Features on the last axis (channel-last tensors keep their spatial
+    axes in front); a 1-d weight contracts the last axis away."""
+    last = x.ndim - 1
+    ctx.require(eq(x.shape[last], in_features), f"{what} expects {in_features} features, got {format_expr(x.shape[last])}")
+    keep = [(a, g) for a, g in zip(x.spatial, x.geometry) if a != last]
+    tail = () if out_features is None else (sympy.Integer(out_features),)
+    return SymbolicTensor(x.shape[:last] + tail, tuple(a for a, _ in keep), tuple(g for _, g in keep))
+
+
 @rule(nn.Linear)
 def linear(ctx, x):
     m = ctx.module
-    x = _expect_tensor(x, "Linear")
-    last = x.ndim - 1
-    ctx.require(eq(x.shape[last], m.in_features), f"Linear expects {m.in_features} features, got {format_expr(x.shape[last])}")
-    keep = [(a, g) for a, g in zip(x.spatial, x.geometry) if a != last]
-    return SymbolicTensor(x.shape[:last] + (sympy.Integer(m.out_features),), tuple(a for a, _ in keep), tuple(g for _, g in keep))
+    return _linear(ctx, _expect_tensor(x, "Linear"), m.in_features, m.out_features, "Linear")
+
+
+@rule(F.linear)
+def functional_linear(ctx, x, weight, bias=None):
+    x, weight = _expect_tensor(x, "linear"), _expect_tensor(weight, "linear weight")
+    if weight.ndim not in (1, 2):
+        ctx.require(sympy.false, f"linear weight must be 1-d or 2-d, got {weight.ndim}-d")
+    if x.ndim == 0:
+        ctx.require(sympy.false, "linear of a 0-d tensor")
+    out_features = None if weight.ndim == 1 else int(weight.shape[0])
+    return _linear(ctx, x, int(weight.shape[-1]), out_features, "linear")
 
 
 def _moved(x: SymbolicTensor, order: Sequence[int]) -> SymbolicTensor:
@@ -1517,3 +1534,136 @@ def roll(ctx, x, shifts, dims=None):
     # a rolled axis wraps around: no single coordinate map
     geometry = tuple(None if a in rolled else g for a, g in zip(x.spatial, x.geometry))
     return SymbolicTensor(x.shape, x.spatial, geometry)
+
+
+# ---------------------------------------------------------------------------
+# size comparisons and assertions
+
+
+def _comparison(relation, tensor_rule=None):
+    def compare(ctx, a, b):
+        if isinstance(a, SymbolicTensor) or isinstance(b, SymbolicTensor):
+            return elementwise(ctx, a, b)  # a bool tensor, broadcast
+        if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+            # torch.Size == (1, 3, 224, 224): every entry, and the same length
+            if not isinstance(a, (tuple, list)) or not isinstance(b, (tuple, list)) or len(a) != len(b):
+                return sympy.false if relation is eq else sympy.true
+            same = sympy.And(*[eq(x, y) for x, y in zip(a, b)])
+            return same if relation is eq else sympy.Not(same)
+        if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+            raise UnsupportedOpError(f"comparison of {a!r} and {b!r}")
+        return relation(a, b)
+    return compare
+
+
+def _ne(a, b):
+    return sympy.Not(eq(a, b))
+
+
+@rule(operator.eq)
+def equal(ctx, a, b):
+    return _comparison(eq)(ctx, a, b)
+
+
+@rule(operator.ne)
+def not_equal(ctx, a, b):
+    return _comparison(_ne)(ctx, a, b)
+
+
+def _ordered(ctx, relation, a, b):
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        raise UnsupportedOpError("ordering of size tuples")
+    return _comparison(relation)(ctx, a, b)
+
+
+@rule(operator.lt)
+def less_than(ctx, a, b):
+    return _ordered(ctx, lt, a, b)
+
+
+@rule(operator.le)
+def at_most(ctx, a, b):
+    return _ordered(ctx, le, a, b)
+
+
+@rule(operator.gt)
+def greater_than(ctx, a, b):
+    return _ordered(ctx, gt, a, b)
+
+
+@rule(operator.ge)
+def at_least(ctx, a, b):
+    return _ordered(ctx, ge, a, b)
+
+
+@rule(torch._assert)
+def assertion(ctx, condition, message):
+    """``torch._assert(H == 224, "...")``: the forward pass needs the condition;
+    a size that breaks it fails with the model's own message."""
+    if isinstance(condition, SymbolicTensor):
+        raise UnsupportedOpError("torch._assert on a tensor's values (not its sizes)")
+    if isinstance(condition, (bool, int)):
+        condition = sympy.true if condition else sympy.false
+    ctx.require(condition, str(message))
+    return None
+
+
+# ---------------------------------------------------------------------------
+# sub-pixel rearrangements
+
+
+def _pixel_rearranged(ctx, x, factor: int, upscale: bool):
+    """pixel_shuffle(r): (*, C*r*r, H, W) -> (*, C, H*r, W*r); pixel_unshuffle
+    the inverse.  A shuffle is a transposed conv with kernel = stride = r
+    (ESPCN's sub-pixel conv), an unshuffle a conv with kernel = stride = r:
+    their coordinate maps and fields are those."""
+    name = "pixel_shuffle" if upscale else "pixel_unshuffle"
+    x = _expect_tensor(x, name)
+    if x.ndim < 3:
+        ctx.require(sympy.false, f"{name} needs at least 3 dimensions, got {x.ndim}")
+    factor = int(factor)
+    if factor <= 0:
+        ctx.require(sympy.false, f"{name} factor must be positive, got {factor}")
+    c, h, w = x.shape[-3:]
+    if upscale:
+        # "pixel_shuffle expects its input's 'channel' dimension to be divisible by the square of upscale_factor"
+        ctx.require(eq(c - factor * factor * floordiv(c, factor * factor), 0),
+                    f"pixel_shuffle({factor}) needs channels divisible by {factor * factor}, got {format_expr(c)}")
+        sizes = (floordiv(c, factor * factor), h * factor, w * factor)
+    else:
+        for what, n in (("height", h), ("width", w)):
+            # "pixel_unshuffle expects height to be divisible by downscale_factor"
+            ctx.require(eq(n - factor * floordiv(n, factor), 0),
+                        f"pixel_unshuffle({factor}) needs the {what} divisible by {factor}, got {format_expr(n)}")
+        sizes = (c * factor * factor, floordiv(h, factor), floordiv(w, factor))
+    shape = x.shape[:-3] + sizes
+    last_two = (x.ndim - 2, x.ndim - 1)
+    geometry = []
+    for a, g in zip(x.spatial, x.geometry):
+        if a not in last_two:
+            geometry.append(None if a == x.ndim - 3 else g)  # a spatial "channel" axis mixes phases
+        elif upscale:
+            geometry.append(_transposed_axis(g, factor, factor, 0, 1))
+        else:
+            geometry.append(_windowed_geometry(g, factor, factor, 0, 1))
+    return SymbolicTensor(shape, x.spatial, tuple(geometry))
+
+
+@rule(nn.PixelShuffle)
+def pixel_shuffle_module(ctx, x):
+    return _pixel_rearranged(ctx, x, ctx.module.upscale_factor, True)
+
+
+@rule(nn.PixelUnshuffle)
+def pixel_unshuffle_module(ctx, x):
+    return _pixel_rearranged(ctx, x, ctx.module.downscale_factor, False)
+
+
+@rule(F.pixel_shuffle, torch.pixel_shuffle)
+def pixel_shuffle(ctx, x, upscale_factor):
+    return _pixel_rearranged(ctx, x, upscale_factor, True)
+
+
+@rule(F.pixel_unshuffle, torch.pixel_unshuffle)
+def pixel_unshuffle(ctx, x, downscale_factor):
+    return _pixel_rearranged(ctx, x, downscale_factor, False)

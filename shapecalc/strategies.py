@@ -1361,3 +1361,83 @@ def _reorder_in_place_cases(draw, key):
             body = (lambda self, x: torch.roll(x, shifts, dims)) if key is torch.roll else (lambda self, x: x.roll(shifts, dims))
             text = f"({{x}}, {shifts}, {dims})"
     return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+# --- size comparisons, assertions, linear layers, sub-pixel rearrangements ------------
+
+_COMPARISONS = {operator.eq: "==", operator.ne: "!=", operator.lt: "<", operator.le: "<=", operator.gt: ">",
+                operator.ge: ">="}
+
+
+@_cases(*_COMPARISONS, torch._assert)
+@st.composite
+def _comparison_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    compare = key if key in _COMPARISONS else draw(st.sampled_from(list(_COMPARISONS)))
+    a = draw(st.integers(2, nd + 1))
+    m, v = draw(st.integers(1, 4)), draw(st.integers(0, 8))
+    form = draw(st.sampled_from(("size", "residue", "rank", "shape", "tensor") if compare in (operator.eq, operator.ne)
+                                else ("size", "residue", "rank", "tensor")))
+    shown = _COMPARISONS[compare]
+    if form == "tensor":
+        # an elementwise comparison of tensors: a bool tensor, no assertion
+        return _call_case(key, nd, c, lambda self, x: compare(x, x * 2), f"x {shown} x * 2", pre) \
+            if key in _COMPARISONS else _call_case(key, nd, c, lambda self, x: (torch._assert(compare(x.size(1), c), "c"), x)[1],
+                                                   f"_assert(x.size(1) {shown} {c})", pre)
+    if form == "size":
+        condition, text = (lambda x: compare(x.shape[a], v)), f"x.shape[{a}] {shown} {v}"
+    elif form == "residue":
+        condition, text = (lambda x: compare(x.shape[a] % m, v % m)), f"x.shape[{a}] % {m} {shown} {v % m}"
+    elif form == "rank":
+        condition, text = (lambda x: compare(x.ndim, nd + v % 3)), f"x.ndim {shown} {nd + v % 3}"
+    else:
+        condition, text = (lambda x: compare(x.shape[2:], (v,) * nd)), f"x.shape[2:] {shown} {(v,) * nd}"
+
+    def body(self, x):
+        torch._assert(condition(x), f"the model asks {text}")
+        return x
+
+    return _call_case(key, nd, c, body, f"x = {_pre_text(pre)}; torch._assert({text})", pre)
+
+
+@_cases(F.linear)
+@st.composite
+def _functional_linear_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    channel_last = draw(st.booleans())  # features on the channel axis moved last, spatial axes in front
+    features = c if channel_last else draw(st.integers(1, 6))  # else the last spatial axis is the features
+    out = draw(st.one_of(st.none(), st.integers(1, 3)))  # None: a 1-d weight
+    weight = torch.randn(features) if out is None else torch.randn(out, features)
+    bias = None if out is None or not draw(st.booleans()) else torch.randn(out)
+    order = (0, *range(2, nd + 2), 1)
+
+    def forward(self, x):
+        x = x.permute(*order) if channel_last else x
+        return F.linear(x, self.weight, self.bias if bias is not None else None)
+
+    text = f"F.linear({_pre_text(pre)}{f'.permute{order}' if channel_last else ''}, weight{tuple(weight.shape)})"
+    return _call_case(key, nd, c, forward, text, pre, tensors={"weight": weight, "bias": bias})
+
+
+@_cases(nn.PixelShuffle, nn.PixelUnshuffle, F.pixel_shuffle, F.pixel_unshuffle)
+@st.composite
+def _pixel_rearrangement_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    factor = draw(st.integers(1, 3))
+    shuffle = key in (nn.PixelShuffle, F.pixel_shuffle)
+    # a 1x1 conv to a channel count that may or may not be a multiple of factor**2
+    channels = draw(st.integers(1, 9)) if shuffle else c
+    conv = nn.Conv1d(c, channels, 1) if nd == 1 else nn.Conv2d(c, channels, 1) if nd == 2 else nn.Conv3d(c, channels, 1)
+    if isinstance(key, type):
+        layer = key(factor)
+        body = lambda self, x: self.op(self.conv(x))  # noqa: E731
+        text = f"{layer!r}({conv!r}({_pre_text(pre)}))"
+        return _call_case(key, nd, c, body, text, pre, {"op": layer, "conv": conv})
+    body = lambda self, x: key(self.conv(x), factor)  # noqa: E731
+    return _call_case(key, nd, c, body, f"{_name(key)}({conv!r}({_pre_text(pre)}), {factor})", pre, {"conv": conv})
