@@ -99,12 +99,16 @@ def key_name(key) -> str:
 # small helpers
 
 
+def _spatial_axes(count: int) -> str:
+    return f"{count} spatial {'axis' if count == 1 else 'axes'}"
+
+
 def _per_axis(value, count: int, what: str) -> tuple:
     if isinstance(value, (list, tuple)):
         if len(value) == 1:
             return tuple(value) * count
         if len(value) != count:
-            raise UnsupportedOpError(f"{what} {tuple(value)} has {len(value)} entries for {count} spatial axes")
+            raise UnsupportedOpError(f"{what} {tuple(value)} has {len(value)} entries for {_spatial_axes(count)}")
         return tuple(value)
     return (value,) * count
 
@@ -117,7 +121,7 @@ def _expect_tensor(value, what: str) -> SymbolicTensor:
 
 def _spatial_count(x: SymbolicTensor, nd: int) -> None:
     if len(x.spatial) != nd:
-        raise UnsupportedOpError(f"a {nd}-d spatial op got a tensor with {len(x.spatial)} spatial axes")
+        raise UnsupportedOpError(f"a {nd}-d spatial op got a tensor with {_spatial_axes(len(x.spatial))}")
 
 
 def _nonempty(ctx: RuleContext, sizes) -> None:
@@ -430,7 +434,7 @@ def _unpool(ctx, x, indices, nd: int, kernel, stride, padding, output_size):
         if len(sizes) == nd + 2:
             sizes = sizes[2:]
         if len(sizes) != nd:
-            ctx.require(sympy.false, f"output_size {tuple(output_size)} has {len(sizes)} entries for {nd} spatial axes")
+            ctx.require(sympy.false, f"output_size {tuple(output_size)} has {len(sizes)} entries for {_spatial_axes(nd)}")
         for size, default, s in zip(sizes, defaults, stride):
             # F._unpool_output_size: within one stride of the default, exclusive
             ctx.require(sympy.And(gt(size, default - s), lt(size, default + s)),

@@ -59,7 +59,8 @@ class InputSpec:
         if len(self.sizes) == 1:
             return InputSpec(self.text, self.sizes * count)
         raise InputSpecError(
-            f"input {shorten(self.text)!r} has {len(self.sizes)} sizes but the model has {count} spatial axes")
+            f"input {shorten(self.text)!r} has {len(self.sizes)} size{'' if len(self.sizes) == 1 else 's'} "
+            f"but the model has {count} spatial {'axis' if count == 1 else 'axes'}")
 
 
 def parse_input_spec(text: str) -> InputSpec:
