@@ -8,6 +8,7 @@ they return.  Errors are one line on stderr: exit 2 for bad usage or input,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -64,14 +65,25 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _analysis(args):
-    from .analysis import analyze
-    from .trace import load_model, parse_input_spec, parse_model_args
+    from .specs import parse_input_spec, parse_model_args
 
+    # what was typed is checked before torch loads: a typo fails at once
     spec = parse_input_spec(args.input)
-    model = load_model(args.model, parse_model_args(args.arg))
+    model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    return analyze(model, spec, channels=args.channels, name=args.model)
+    from .analysis import analyze
+    from .trace import load_model
+
+    with _user_output_to_stderr():
+        model = load_model(args.model, model_args)
+        return analyze(model, spec, channels=args.channels, name=args.model)
+
+
+def _user_output_to_stderr():
+    """While model code runs (import, factory, forward): its prints go to
+    stderr, so stdout carries only shapecalc's output (JSON stays valid)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def raise_usage(message: str):
@@ -98,9 +110,9 @@ def _add_trace(subparsers) -> None:
 
 
 def _trace(args) -> int:
+    analysis = _analysis(args)
     from .report import render_markdown, render_table, to_json
 
-    analysis = _analysis(args)
     if args.format == "json":
         print(json.dumps(to_json(analysis), indent=2))
     elif args.format == "markdown":
@@ -156,14 +168,18 @@ def _add_verify(subparsers) -> None:
 
 
 def _verify(args) -> int:
-    from .trace import parse_model_args
-    from .verify import verify
+    from .specs import parse_input_spec, parse_model_args
 
+    if args.input is not None:
+        parse_input_spec(args.input)  # fails before torch loads
+    model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    with _progress_bar("verifying") as progress:
+    from .verify import verify
+
+    with _progress_bar("verifying") as progress, _user_output_to_stderr():
         report = verify(args.model, args.input, device=args.device, examples=args.examples, max_size=args.max_size,
-                        kwargs=parse_model_args(args.arg), width=args.width, channels=args.channels,
+                        kwargs=model_args, width=args.width, channels=args.channels,
                         seed=args.seed, progress=progress)
     print(json.dumps(report.as_data(), indent=2) if args.format == "json" else report.summary())
     return report.exit_code
@@ -219,15 +235,19 @@ def _add_check(subparsers) -> None:
 
 
 def _check(args) -> int:
-    from .checking import check_model
-    from .trace import load_model, parse_input_spec, parse_model_args
+    from .specs import parse_input_spec, parse_model_args
 
     spec = parse_input_spec(args.input)
+    model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    model = load_model(args.model, parse_model_args(args.arg))
-    report = check_model(model, spec, expect_output=args.expect_output, max_shift=args.max_shift,
-                         channels=args.channels, name=args.model)
+    from .checking import check_model
+    from .trace import load_model
+
+    with _user_output_to_stderr():
+        model = load_model(args.model, model_args)
+        report = check_model(model, spec, expect_output=args.expect_output, max_shift=args.max_shift,
+                             channels=args.channels, name=args.model)
     print(json.dumps(report.to_json(), indent=2) if args.format == "json" else report.to_text(), end="\n" if args.format == "json" else "")
     return 0 if report.ok else 1
 
@@ -250,15 +270,22 @@ def _add_docs(subparsers) -> None:
     parser.add_argument("--sizes", default=None, metavar="N,N,...",
                         help="typical sizes to show values at (default: 224,500,513)")
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a stale page")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite files in DIR that shapecalc docs did not write (default: refuse)")
     parser.set_defaults(handler=_docs)
 
 
 def _docs(args) -> int:
-    from .docsgen import generate, parse_sizes, regenerate_command, stale_pages, write_pages
+    from .specs import parse_input_spec, parse_sizes
 
-    pages = generate(args.models, args.input, sizes=parse_sizes(args.sizes))
+    parse_input_spec(args.input)  # fails before torch loads
+    sizes = parse_sizes(args.sizes)
+    from .docsgen import generate, regenerate_command, stale_pages, write_pages
+
+    with _user_output_to_stderr():
+        pages = generate(args.models, args.input, sizes=sizes)
     if not args.check:
-        for path in write_pages(pages, args.out):
+        for path in write_pages(pages, args.out, force=args.force):
             print(f"wrote {path}")
         return 0
     problems = stale_pages(pages, args.out, complete=not args.models)
@@ -304,6 +331,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("shapecalc: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as error:  # model code exited where no loader caught it (a forward pass)
+        from .specs import shorten
+
+        models = getattr(args, "model", None) or ", ".join(getattr(args, "models", None) or ["bundled models"])
+        print(f"shapecalc {args.command}: error: model code of {shorten(models)} called "
+              f"sys.exit({shorten(repr(error.code), 40)}); model code must not exit the process", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return 0
     except Exception as error:  # a bug: one line unless asked for the traceback

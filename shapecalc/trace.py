@@ -2,99 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
-import keyword
-import re
+import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from weakref import WeakKeyDictionary
 
-import sympy
 import torch
 import torch.fx
 import torch.nn as nn
 
-from ._errors import InputSpecError, ModelLoadError, TraceError
-from .symbolic import parse_size_text, size_symbol
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Spatial input sizes: each a positive integer or a size symbol."""
-
-    text: str
-    sizes: tuple[sympy.Expr, ...]
-
-    @property
-    def symbols(self) -> tuple[sympy.Symbol, ...]:
-        seen: dict[sympy.Symbol, None] = {}
-        for s in self.sizes:
-            if s.is_Symbol:
-                seen[s] = None
-        return tuple(seen)
-
-    def for_dimensions(self, count: int) -> "InputSpec":
-        """The spec for a net with ``count`` spatial axes: one part is square."""
-        if len(self.sizes) == count:
-            return self
-        if len(self.sizes) == 1:
-            return InputSpec(self.text, self.sizes * count)
-        raise InputSpecError(
-            f"input {self.text!r} has {len(self.sizes)} sizes but the model has {count} spatial axes")
-
-
-def parse_input_spec(text: str) -> InputSpec:
-    """Parse ``H``, ``HxW``, ``512x384``, ``Hx384`` or ``D,H,W`` without eval."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputSpecError("empty --input; give sizes like H, HxW or 512x384")
-    cleaned = text.strip()
-    parts = cleaned.split(",") if "," in cleaned else cleaned.split("x")
-    sizes = []
-    for part in parts:
-        part = part.strip()
-        if part.isdigit():
-            sizes.append(sympy.Integer(parse_size_text(part)))
-        elif _IDENTIFIER.match(part) and not keyword.iskeyword(part):
-            if hasattr(sympy, part) or part in {"floor", "ceiling", "Min", "Max"}:
-                raise InputSpecError(f"size symbol {part!r} clashes with a sympy name; choose another (e.g. H, W, D)")
-            sizes.append(size_symbol(part))
-        else:
-            raise InputSpecError(
-                f"bad --input {text!r}: each size is a positive integer or a name (H, W), separated by 'x' or ','")
-    if len(sizes) > 3:
-        raise InputSpecError(f"bad --input {text!r}: at most 3 spatial sizes")
-    return InputSpec(cleaned, tuple(sizes))
-
-
-def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs: ints, floats, true/false/none, else strings (no eval)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not _IDENTIFIER.match(key.strip()):
-            raise ModelLoadError(f"bad --arg {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = _literal(raw.strip())
-    return out
-
-
-def _literal(raw: str):
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    return raw
+from ._errors import ModelLoadError, TraceError
+# parsed torch-free in specs; re-exported here, where callers have always found them
+from .specs import InputSpec, parse_input_spec, parse_model_args, shorten  # noqa: F401
 
 
 def _bundled() -> Mapping[str, Callable[..., nn.Module]]:
@@ -116,13 +41,17 @@ def load_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, device: st
     try:
         model, note = _build(factory, kwargs, device)
     except TypeError as error:
-        raise ModelLoadError(f"cannot build {spec!r} with {kwargs or 'no arguments'}: {error}") from error
+        raise ModelLoadError(f"cannot build {shorten(spec)!r} with {_kwargs_text(kwargs)}: {_message(error)}") \
+            from error
     except ValueError as error:
-        raise ModelLoadError(f"cannot build {spec!r}: {error}") from error
+        raise ModelLoadError(f"cannot build {shorten(spec)!r}: {_message(error)}") from error
     except Exception as error:
-        raise ModelLoadError(f"building {spec!r} failed: {type(error).__name__}: {error}") from error
+        raise ModelLoadError(f"building {shorten(spec)!r} failed: {type(error).__name__}: {_message(error)}") \
+            from error
+    except SystemExit as error:
+        raise ModelLoadError(f"building {shorten(spec)!r} {_exit_text(error)}") from error
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{spec!r} gave a {type(model).__name__}, not an nn.Module")
+        raise ModelLoadError(f"{shorten(spec)!r} gave a {type(model).__name__}, not an nn.Module")
     if note:
         _BUILD_NOTES[model] = note
     return model.eval()
@@ -178,33 +107,62 @@ def _resolve_factory(spec: str) -> Callable[..., Any]:
     location, sep, name = spec.rpartition(":")
     if not sep or not location or not name:
         raise ModelLoadError(
-            f"unknown model {spec!r}: use a bundled name ({', '.join(sorted(bundled))}), "
-            "package.module:factory or path/to/file.py:factory")
+            f"unknown model {shorten(spec)!r}{_did_you_mean(spec, bundled)}: use a bundled name "
+            f"({', '.join(sorted(bundled))}), package.module:factory or path/to/file.py:factory")
+    shown = shorten(location)
     if location.endswith(".py") or "/" in location or "\\" in location:
-        path = Path(location)
-        if not path.is_file():
-            raise ModelLoadError(f"no such file: {location}")
-        module_name = f"_shapecalc_user_{abs(hash(path.resolve()))}"
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as error:
-            raise ModelLoadError(f"importing {location} failed: {type(error).__name__}: {error}") from error
+        module = _import_file(location)
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as error:
-            raise ModelLoadError(f"cannot import {location!r}: {error}") from error
+            raise ModelLoadError(f"cannot import {shown!r}: {_message(error)}") from error
         except Exception as error:
-            raise ModelLoadError(f"importing {location!r} failed: {type(error).__name__}: {error}") from error
+            raise ModelLoadError(f"importing {shown!r} failed: {type(error).__name__}: {_message(error)}") from error
+        except SystemExit as error:
+            raise ModelLoadError(f"importing {shown!r} {_exit_text(error)}") from error
     factory = getattr(module, name, None)
     if factory is None:
-        raise ModelLoadError(f"{location} has no attribute {name!r}")
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise ModelLoadError(f"{shown} has no attribute {shorten(name)!r}{_did_you_mean(name, public)}")
     if not callable(factory):
-        raise ModelLoadError(f"{location}:{name} is not callable")
+        raise ModelLoadError(f"{shown}:{shorten(name)} is not callable")
     return factory
+
+
+def _did_you_mean(word: str, choices) -> str:
+    if len(word) > 100:  # nothing that long is a typo of a name
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _import_file(location: str):
+    """The module of a ``path/to/file.py``, executed under a private name."""
+    shown = shorten(location)
+    # os.path, not Path: Path.is_file raises on a name too long for the system
+    if os.path.isdir(location):
+        raise ModelLoadError(f"{shown} is a folder; MODEL is path/to/file.py:factory")
+    if not os.path.isfile(location):
+        raise ModelLoadError(f"no such file: {shown}")
+    path = Path(location)
+    if path.suffix not in importlib.machinery.SOURCE_SUFFIXES:
+        raise ModelLoadError(f"{shown} is not a Python file (.py); MODEL is path/to/file.py:factory")
+    module_name = f"_shapecalc_user_{abs(hash(path.resolve()))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ModelLoadError(f"{shown} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as error:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"importing {shown} failed: {type(error).__name__}: {_message(error)}") from error
+    except SystemExit as error:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"importing {shown} {_exit_text(error)}") from error
+    return module
 
 
 #: GraphModule.meta key of the trace's FidelityCheck (see fidelity.py)
