@@ -450,3 +450,244 @@ def test_python_dash_m_error(bad_file, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     line = assert_one_error_line(done.stderr)
     assert line.startswith("shapecalc trace: error: ") and "the factory failed with a second line" in line
+
+
+# ---------------------------------------------------------------------------
+# model code that exits or prints: every command loads models the same way
+
+USER_CODE = textwrap.dedent("""
+    import sys
+    import torch.nn as nn
+
+    print("user code: imported")
+
+
+    class Chatty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            print("user code: built")
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            print("user code: forward")
+            return self.conv(x)
+
+
+    class ExitsInForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            sys.exit(0)
+
+
+    def exits():
+        raise SystemExit(0)
+
+
+    def interrupted():
+        raise KeyboardInterrupt
+""")
+
+
+@pytest.fixture
+def user_code(tmp_path):
+    (tmp_path / "user.py").write_text(USER_CODE)
+    (tmp_path / "exit_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    return tmp_path
+
+
+def command_argv(command: str, model: str, out_dir) -> list[str]:
+    """The cheapest complete invocation of ``command`` on ``model``."""
+    return {
+        "trace": ["trace", model, "--input", "H", "--format", "json"],
+        "check": ["check", model, "--input", "H", "--format", "json"],
+        "verify": ["verify", model, "--device", "meta", "--examples", "2", "--format", "json"],
+        "docs": ["docs", model, "--out", str(out_dir)],
+    }[command]
+
+
+COMMANDS = ["trace", "check", "verify", "docs"]
+EXITS = {  # MODEL -> the words that name it in the error
+    "{dir}/exit_at_import.py:make": ["exit_at_import.py", "sys.exit(0)"],
+    "{dir}/user.py:exits": ["user.py:exits", "sys.exit(0)"],
+    "builtins:exit": ["builtins:exit", "sys.exit(None)"],
+    "{dir}/user.py:ExitsInForward": ["ExitsInForward", "sys.exit(0)"],
+}
+
+
+@pytest.mark.parametrize("model", list(EXITS))
+@pytest.mark.parametrize("command", COMMANDS)
+def test_model_code_that_exits_is_an_error(command, model, user_code, capsys):
+    # SystemExit(0) used to end shapecalc with status 0 and no output: CI passed
+    out_dir = user_code / "pages"
+    code, out, err = run(command_argv(command, model.format(dir=user_code), out_dir), capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err.replace("user code: imported\n", ""))
+    assert line.startswith(f"shapecalc {command}: error: ")
+    for word in EXITS[model]:
+        assert word in line
+    assert not out_dir.exists()
+
+
+def test_an_exit_no_loader_sees_is_an_error(user_code, capsys, monkeypatch):
+    # verify runs the real module at many sizes: an exit there still names the model
+    import shapecalc.verify
+
+    def exiting(self, sizes):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(shapecalc.verify.ForwardChecker, "check", exiting)
+    code, out, err = run(command_argv("verify", "fcn8s", None), capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    assert "fcn8s" in line and "sys.exit(3)" in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_keyboard_interrupt_in_model_code_stays_130(command, user_code, capsys):
+    code, out, err = run(command_argv(command, f"{user_code}/user.py:interrupted", user_code / "pages"), capsys)
+    assert code == 130 and out == ""
+    assert err.splitlines()[-1] == "shapecalc: interrupted"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_model_code_output_goes_to_stderr(command, user_code, capsys):
+    out_dir = user_code / "pages"
+    code, out, err = run(command_argv(command, f"{user_code}/user.py:Chatty", out_dir), capsys)
+    assert code in (0, 1), err  # check may report a finding; either way stdout is only shapecalc's
+    if command == "docs":
+        assert out == f"wrote {out_dir / 'Chatty.md'}\n"
+    else:
+        data = json.loads(out)
+        assert isinstance(data, dict)
+    for said in ("user code: imported", "user code: built", "user code: forward"):
+        assert said in err
+    assert "user code" not in out
+
+
+def test_model_code_output_in_a_shell_keeps_json_valid(user_code):
+    done = shell("trace", f"{user_code}/user.py:Chatty", "--input", "16", "--format", "json")
+    assert done.returncode == 0
+    data = json.loads(done.stdout)
+    # the sizes are torch's: a meta forward pass of the same module
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, device="meta")
+    assert data["outputs"]["output"]["shape"] == [str(n) for n in conv(torch.empty(1, 3, 16, 16, device="meta")).shape]
+    assert "user code: forward" in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# paths that are not Python files, and user text that is far too long
+
+NOT_PYTHON = [
+    # (MODEL, words the line must contain)
+    ("/etc/passwd:x", ["/etc/passwd", "not a Python file"]),
+    ("{dir}:make", ["is a folder"]),
+    ("{dir}/notes.txt:make", ["notes.txt", "not a Python file"]),
+    ("a/" * 50_000 + "net.py:make", ["no such file"]),
+]
+
+
+@pytest.mark.parametrize("model, words", NOT_PYTHON, ids=["passwd", "folder", "txt", "long-path"])
+def test_a_model_path_that_is_not_a_python_file(model, words, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("import sys\n")
+    code, out, err = run(["trace", model.format(dir=tmp_path), "--input", "H"], capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    assert len(line) < 300
+    for word in words:
+        assert word in line
+
+
+LONG = 100_000
+LONG_CASES = [
+    # (argv, words the line must contain); every line is short whatever was typed
+    (["trace", "fcn8s", "--input", "H" * LONG], ["--input", "characters"]),
+    (["trace", "fcn8s", "--input", "Hx" * (LONG // 2) + "H"], ["--input"]),
+    (["trace", "fcn8s", "--input", "1x" * (LONG // 2) + "1"], ["--input"]),
+    (["trace", "fcn8s", "--input", "H" * 33], ["longer than 32"]),
+    (["trace", "fcn8s", "--input", "H" * 33 + "xW"], ["longer than 32"]),
+    (["check", "fcn8s", "--input", "W" * LONG], ["--input"]),
+    (["verify", "fcn8s", "--input", "W" * LONG], ["--input"]),
+    (["docs", "fcn8s", "--input", "W" * LONG], ["--input"]),
+    (["docs", "fcn8s", "--sizes", "1," * LONG], ["--sizes"]),
+    (["docs", "fcn8s", "--sizes", "1,2,3,4,5,6,7,8,9"], ["at most 8"]),
+    (["trace", "m" * LONG, "--input", "H"], ["unknown model"]),
+    (["trace", "m" * LONG + ":make", "--input", "H"], ["cannot import"]),
+    (["trace", "fcn8s", "--input", "H", "--arg", "w" * LONG], ["--arg"]),
+    (["trace", "fcn8s", "--input", "H", "--arg", "width=" + "w" * LONG], ["width"]),
+    (["trace", "deeplabv3", "--input", "H", "--arg", "backbone=" + "r" * LONG], ["backbone"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", LONG_CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(LONG_CASES)])
+def test_long_user_text_gives_a_short_error(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # docs would write under docs/sizes
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    assert len(line) < 500, len(line)
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "docs").exists()
+
+
+def test_sizes_are_bounded_by_the_spatial_axes_torch_has():
+    # Conv3d is the widest spatial convolution torch has; --input allows that many sizes
+    from shapecalc.specs import MAX_SIZES, parse_input_spec
+
+    assert MAX_SIZES == max(n for n in range(1, 5) if hasattr(torch.nn, f"Conv{n}d"))
+    assert len(parse_input_spec("D,H,W").sizes) == MAX_SIZES
+    assert len(parse_input_spec("H" * 32).symbols) == 1
+
+
+# ---------------------------------------------------------------------------
+# hints
+
+HINTS = [
+    (["trace", "fcn8", "--input", "H"], ["did you mean fcn8s?"]),
+    (["trace", "deeplab3", "--input", "H"], ["did you mean deeplabv3?"]),
+    (["trace", "fcn8s", "--input", "x"], ["'x' is the separator"]),
+    (["trace", "fcn8s", "--input", "Hx"], ["'x' is the separator"]),
+    (["trace", "fcn8s", "--input", "1,,2"], ["empty size"]),
+    (["trace", "fcn8s", "--input", "H", "--arg", "width=1", "--arg", "width=0.5"], ["--arg width", "twice"]),
+    (["check", "fcn8s", "--input", "H", "--arg", "n_class=2", "--arg", " n_class = 3"], ["--arg n_class", "twice"]),
+    (["verify", "fcn8s", "--arg", "width=1", "--arg", "width=1"], ["--arg width", "twice"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", HINTS, ids=[" ".join(c[0])[:40] for c in HINTS])
+def test_hints(argv, words, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    for word in words:
+        assert word in line
+
+
+def test_factory_name_hint(net_file, capsys):
+    code, _, err = run(["trace", f"{net_file}:mak", "--input", "H"], capsys)
+    assert code == 2 and "did you mean make?" in assert_one_error_line(err)
+
+
+def test_bad_arguments_fail_before_torch_loads():
+    script = textwrap.dedent("""
+        import sys
+        from shapecalc.cli import main
+
+        argvs = [
+            ["trace", "fcn8s", "--input", "H+"],
+            ["trace", "fcn8s", "--input", "x"],
+            ["check", "fcn8s", "--input", "H" * 200],
+            ["verify", "fcn8s", "--input", "0"],
+            ["docs", "fcn8s", "--input", "1e3"],
+            ["docs", "fcn8s", "--sizes", "a"],
+            ["trace", "fcn8s", "--input", "H", "--arg", "width=1", "--arg", "width=2"],
+            ["trace", "fcn8s", "--input", "H", "--arg", "width"],
+        ]
+        print([main(argv) for argv in argvs], "torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2, 2] False", done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 8

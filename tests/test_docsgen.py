@@ -1,6 +1,8 @@
 """`shapecalc docs`: the committed pages are current, their values are what
 torch computes, and --check catches a changed layer."""
 
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import torch.fx
 
 from shapecalc import load_model
 from shapecalc.cli import main
-from shapecalc.docsgen import generate, page_filename, stale_pages
+from shapecalc import ShapecalcError
+from shapecalc.docsgen import Page, generate, page_filename, stale_pages, write_pages
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO / "docs" / "sizes"
@@ -170,3 +173,119 @@ def test_custom_sizes_and_concrete_input(tmp_path, capsys):
     assert code == 0 and "- input: 500 x 375" in text
     _, rows = table(text, "## Layers")
     assert rows[-1][0] == "`getitem_8`" and rows[-1][3] == "`500 x 375`"
+
+
+# ---------------------------------------------------------------------------
+# files that shapecalc docs did not write, and writing safely
+
+HAND_WRITTEN = "# Our models\n\nWritten by a person; shapecalc must leave it alone.\n"
+TINY_NET = (
+    "import torch.nn as nn\n\n\n"
+    "def README():\n"
+    "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU())\n"
+)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_docs_refuses_to_overwrite_files_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "README.md").write_text(HAND_WRITTEN)
+    (tmp_path / "fcn8s.md").write_text("my notes on FCN-8s\n")
+    before = snapshot(tmp_path)
+    code, out, err = run(capsys, "docs", "--out", str(tmp_path))
+    assert code == 2 and out == ""
+    line = err.strip()
+    assert len(err.splitlines()) == 1 and "README.md" in line and "fcn8s.md" in line and "--force" in line
+    assert snapshot(tmp_path) == before  # nothing written, not even deeplabv3.md
+
+
+def test_a_model_page_named_like_the_index_does_not_overwrite_it(tmp_path, capsys):
+    (tmp_path / "models.py").write_text(TINY_NET)
+    (tmp_path / "README.md").write_text(HAND_WRITTEN)
+    code, _, err = run(capsys, "docs", f"{tmp_path / 'models.py'}:README", "--out", str(tmp_path))
+    assert code == 2 and "README.md" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "README.md").read_text() == HAND_WRITTEN
+
+
+def test_force_overwrites_and_generated_pages_are_rewritten(tmp_path, capsys):
+    (tmp_path / "fcn8s.md").write_text(HAND_WRITTEN)
+    code, out, _ = run(capsys, "docs", "fcn8s", "--out", str(tmp_path), "--force")
+    assert code == 0 and out == f"wrote {tmp_path / 'fcn8s.md'}\n"
+    expected = generate(["fcn8s"])[0].text
+    assert (tmp_path / "fcn8s.md").read_text() == expected
+    # a page shapecalc wrote is its own to replace: no --force needed
+    (tmp_path / "fcn8s.md").write_text(expected.replace("k3 p100", "k3 p99"))
+    assert run(capsys, "docs", "fcn8s", "--out", str(tmp_path))[0] == 0
+    assert (tmp_path / "fcn8s.md").read_text() == expected
+
+
+def test_check_fails_on_a_page_that_is_not_generated(tmp_path, capsys):
+    for page in generate(["fcn8s"]):
+        (tmp_path / page.filename).write_text(page.text.split("\n", 1)[1])  # the marker line removed
+    code, out, _ = run(capsys, "docs", "fcn8s", "--out", str(tmp_path), "--check")
+    assert code == 1
+    assert out.splitlines()[0] == (f"{tmp_path / 'fcn8s.md'} is not a generated page (no marker line): shapecalc "
+                                   "docs would write this page there (with --force, over the file)")
+
+
+def test_a_reader_of_the_old_page_never_sees_a_partial_one(tmp_path):
+    # pages are renamed into place: whoever opened the old page reads all of it
+    old = generate(["fcn8s"])[0]
+    stale = Page(old.filename, old.model, old.text.replace("k3 p100", "k3 p99"))
+    assert stale.text != old.text
+    write_pages([stale], tmp_path)
+    with open(tmp_path / old.filename, encoding="utf-8") as reader:
+        write_pages([old], tmp_path)
+        assert reader.read() == stale.text
+    assert (tmp_path / old.filename).read_text() == old.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.filename]  # no temporary file left
+
+
+def test_a_page_that_fails_leaves_every_page_as_it_was(tmp_path):
+    marker = generate(["fcn8s"])[0].text.splitlines()[0]
+    first, second = (Page(name, name, f"{marker}\n\nold {name}\n") for name in ("a.md", "b.md"))
+    write_pages([first, second], tmp_path)
+    before = snapshot(tmp_path)
+    # a MODEL path with bytes that are not UTF-8 reaches Python as surrogates: b.md cannot be written
+    broken = [Page("a.md", "a", f"{marker}\n\nnew a\n"), Page("b.md", "b", f"{marker}\n\nnew \udcff\n")]
+    with pytest.raises(ShapecalcError, match="b.md"):
+        write_pages(broken, tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_out_that_is_a_file_or_below_one(tmp_path, capsys):
+    blocker = tmp_path / "sizes.md"
+    blocker.write_text(HAND_WRITTEN)
+    for out_dir in (blocker, blocker / "sizes"):
+        for check in ((), ("--check",)):
+            code, out, err = run(capsys, "docs", "fcn8s", "--out", str(out_dir), *check)
+            assert code == 2 and out == "" and len(err.splitlines()) == 1, (out_dir, check, err)
+            assert "internal error" not in err and f"{blocker} is a file" in err
+    assert blocker.read_text() == HAND_WRITTEN
+
+
+def test_out_that_is_read_only(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    code, _, _ = run(capsys, "docs", "fcn8s", "--out", str(folder))
+    before = snapshot(folder)
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            # root ignores the mode: refuse new files in the folder as the kernel would for anyone else
+            real_open = os.open
+
+            def refusing(path, flags, *args, **kwargs):
+                if Path(path).parent == folder and flags & os.O_CREAT:
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+                return real_open(path, flags, *args, **kwargs)
+
+            monkeypatch.setattr(os, "open", refusing)
+        code, out, err = run(capsys, "docs", "fcn8s", "--out", str(folder), "--sizes", "64")
+    finally:
+        folder.chmod(0o755)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "fcn8s.md" in err and "Permission denied" in err
+    assert snapshot(folder) == before
