@@ -240,7 +240,7 @@ def _mermaid_section(analysis: Analysis) -> list[str]:
             source = inputs[0]
             users = [u for u in source.users if u.name in layers or u.op == "output"]
             before = layers[source.name].tensor
-            if len(users) == 1 and before.spatial_sizes == layer.spatial and before.geometry == layer.tensor.geometry \
+            if len(users) == 1 and before.spatial_sizes == layer.tensor.spatial_sizes and before.geometry == layer.tensor.geometry \
                     and not layer.params and source.op != "placeholder":
                 box = box_of[source.name]
                 box_of[name] = box
