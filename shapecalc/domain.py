@@ -7,10 +7,19 @@ the line into finitely many affine segments.  A condition (``size >= 1``,
 ``a == b``) is then a union of integer intervals of ``k`` per residue class,
 decided exactly with integer arithmetic: no sampling, no sympy ``solve``.
 
+Products of such terms (a flattened feature count, a view's element count)
+are polynomials in ``k`` on each class; their sign on the integers is decided
+exactly by forward differences and bisection (``_sign_runs``).
+
 For a monotone condition (a size that can only grow with ``n`` must reach a
 bound) the answer is ``n >= n0``; a doubling-and-bisection search with exact
 evaluation finds ``n0`` whatever the period, so deep stacks of strided layers
 (periods like 2**40) stay cheap.
+
+A condition on several symbols becomes a union of cells (per-symbol periodic
+sets, some symbols tied equal): ``H == W``, a product of per-symbol sizes
+against a constant, a divisibility ``q | A*B``.  ``Domain`` keeps per-symbol
+projections beside the cells, so one-symbol questions stay cheap.
 """
 
 from __future__ import annotations

@@ -241,3 +241,51 @@ def test_residue_classes_read_as_words():
     runs = [n for n in range(1, 21) if _runs(meta, n, n, channels=3)]
     assert runs == list(range(2, 21, 2))
     assert analysis.validity_sentence() == "H = 2k from 2; never for odd H"
+
+
+# ---------------------------------------------------------------------------
+# polynomial conditions against an independent evaluation (plain Python ints)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def floor_products(draw):
+    """A product of floor((a*n + b)/q) terms, as a sympy expression and as a
+    Python function of n."""
+    from shapecalc.symbolic import floordiv, size_symbol
+
+    n = size_symbol("n")
+    terms = [(draw(st.integers(1, 3)), draw(st.integers(-12, 12)), draw(st.integers(1, 4)))
+             for _ in range(draw(st.integers(1, 3)))]
+    expr, pieces = 1, []
+    for a, b, q in terms:
+        expr = expr * floordiv(a * n + b, q)
+        pieces.append((a, b, q))
+
+    def value(m):
+        out = 1
+        for a, b, q in pieces:
+            out *= (a * m + b) // q
+        return out
+    return n, expr, value
+
+
+@settings(max_examples=60, deadline=None)
+@given(floor_products(), st.integers(-30, 400), st.sampled_from(["eq", "ge", "gt", "le", "ne"]))
+def test_polynomial_condition_sets_match_enumeration(product, constant, kind):
+    import operator
+
+    import sympy
+
+    from shapecalc.domain import condition_set
+
+    n, expr, value = product
+    relation = {"eq": sympy.Eq, "ge": sympy.Ge, "gt": sympy.Gt, "le": sympy.Le, "ne": sympy.Ne}[kind]
+    compare = {"eq": operator.eq, "ge": operator.ge, "gt": operator.gt, "le": operator.le, "ne": operator.ne}[kind]
+    condition = relation(expr, constant, evaluate=False)
+    allowed = condition_set(condition, n)
+    for m in range(1, 301):
+        assert (m in allowed) == compare(value(m), constant), (condition, m)
