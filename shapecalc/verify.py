@@ -152,10 +152,26 @@ def is_size_error(error: BaseException) -> bool:
         # torch._check handed an int by a meta kernel (upsample of an empty input): the
         # size check itself, mistyped; the cpu kernel refuses the same sizes with a RuntimeError
         return True
+    if isinstance(error, AssertionError) and _raised_by_torch_assert(error):
+        # the model's own check on its input (``torch._assert(h % 4 == 0, ...)``), which the
+        # engine turns into a requirement: a refusal of sizes as much as a kernel's check
+        return True
     if isinstance(error, NotImplementedError) or not isinstance(error, (RuntimeError, ValueError, IndexError)):
         return False
     text = str(error).lower()
     return any(word in text for word in _SIZE_WORDS)
+
+
+def _raised_by_torch_assert(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error`` is ``torch._assert`` (a plain
+    ``assert`` in the model or an assertion inside torch is not)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return False
+    code = frame.tb_frame.f_code
+    return code.co_name == "_assert" and frame.tb_frame.f_globals.get("__name__") == "torch"
 
 
 def _is_resource_error(error: BaseException) -> bool:

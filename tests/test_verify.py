@@ -379,3 +379,38 @@ def test_verify_needs_nothing_beyond_the_main_install():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert any(d.replace(" ", "").startswith("hypothesis") for d in project["dependencies"])
+
+
+class _AssertsMultipleOfFour(nn.Module):
+    """A model that checks its own input the way torchvision's ViT does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] % 4 == 0, "height must be a multiple of 4")
+        return self.conv(x)
+
+
+def test_a_failed_torch_assert_confirms_an_invalid_size():
+    # torch itself refuses H = 5 with the model's AssertionError, at every other size too
+    model = _AssertsMultipleOfFour()
+    with pytest.raises(AssertionError, match="multiple of 4"):
+        model(torch.zeros(1, 3, 5, 8))
+    model(torch.zeros(1, 3, 8, 8))
+    report = verify(model, "H", device="cpu", examples=4, max_size=40)
+    assert report.passed, report.summary() if hasattr(report, "summary") else report
+    assert report.invalid_checked > 0
+
+
+def test_a_plain_assert_is_not_a_size_error():
+    from shapecalc.verify import is_size_error
+
+    def plain():
+        assert 1 == 2, "size"
+
+    try:
+        plain()
+    except AssertionError as error:
+        assert not is_size_error(error)
