@@ -20,6 +20,7 @@ from ._errors import InputSpecError, ShapecalcError, SizeError
 from .analysis import Analysis, analyze
 from .domain import DomainError, condition_set
 from .symbolic import as_expr, compiled, evaluate, format_expr
+from .specs import shorten
 from .trace import InputSpec, parse_input_spec
 
 CHECK_JSON_VERSION = 1
@@ -441,7 +442,7 @@ def _parse_expected(expect_output) -> Optional[InputSpec]:
     try:
         return parse_input_spec(expect_output)
     except InputSpecError as error:
-        raise InputSpecError(f"bad expected output size {expect_output!r}: give sizes like H, HxW or 512x384 "
+        raise InputSpecError(f"bad expected output size {shorten(expect_output)!r}: give sizes like H, HxW or 512x384 "
                              "in the symbols of the input") from error
 
 

@@ -609,6 +609,7 @@ LONG_CASES = [
     (["trace", "fcn8s", "--input", "H" * 33], ["longer than 32"]),
     (["trace", "fcn8s", "--input", "H" * 33 + "xW"], ["longer than 32"]),
     (["check", "fcn8s", "--input", "W" * LONG], ["--input"]),
+    (["check", "fcn8s", "--input", "H", "--expect-output", "H" * LONG], ["expected output"]),
     (["verify", "fcn8s", "--input", "W" * LONG], ["--input"]),
     (["docs", "fcn8s", "--input", "W" * LONG], ["--input"]),
     (["docs", "fcn8s", "--sizes", "1," * LONG], ["--sizes"]),
