@@ -91,6 +91,8 @@ class Cost:
     #: the largest sum of live storages at any node (elements, and bytes)
     peak_activation: sympy.Expr
     peak_activation_bytes: sympy.Expr
+    #: parameters the traced forward pass reads (``params`` counts every parameter of the module)
+    params_used: int
     #: the nodes at which the peak can occur (one per candidate of the Max)
     peak_nodes: list[str] = field(default_factory=list)
     #: the live-storage sums, one per node in execution order (bytes), for checking
@@ -105,7 +107,7 @@ class Cost:
         env = _environment(self.symbols, sizes)
         return {key: int(evaluate(getattr(self, key), env)) for key in
                 ("flops", "macs", "activation", "activation_bytes", "peak_activation", "peak_activation_bytes")} | {
-            "params": self.params}
+            "params": self.params, "params_used": self.params_used}
 
     def __repr__(self) -> str:
         return (f"Cost(model={self.model!r}, input={self.input!r}, flops={format_expr(self.flops)!r}, "
@@ -223,9 +225,14 @@ def _op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def cost(analysis, *, dtype: str = "float32") -> Cost:
+def cost(analysis, model: Optional[nn.Module] = None, *, dtype: str = "float32") -> Cost:
     """FLOPs, MACs, parameters and activation memory of ``analysis``'s model,
-    as exact expressions in its input symbols (see the module docstring)."""
+    as exact expressions in its input symbols (see the module docstring).
+
+    ``params`` counts every parameter of ``model`` (``sum(p.numel())``, what
+    torch and model cards report); ``params_used`` only those the traced
+    forward pass reads (fewer when a module is built but not called).  Without
+    ``model`` both are the traced graph's."""
     if dtype not in DTYPES:
         raise InputSpecError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     float_size = DTYPES[dtype]
@@ -288,11 +295,12 @@ def cost(analysis, *, dtype: str = "float32") -> Cost:
             live_sets.append((node.name, live))
     peak_elements, _ = _peak(live_sets, sizes, False)
     peak_bytes, peak_nodes = _peak(live_sets, sizes, True)
-    params = sum(p.numel() for p in graph_module.parameters())
+    params_used = sum(p.numel() for p in graph_module.parameters())
+    params = params_used if model is None else sum(p.numel() for p in model.parameters())
     return Cost(analysis.model, analysis.input.text, tuple(analysis.symbols), dtype, layers,
                 sympy.Add(*(layer.flops for layer in layers)), params,
                 total(created_at, False), total(created_at, True), peak_elements, peak_bytes,
-                peak_nodes,
+                params_used, peak_nodes,
                 [(name, total(live, True)) for name, live in live_sets])
 
 
