@@ -17,6 +17,7 @@ _EXPORTS = {
     "ShapecalcError": "._errors", "InputSpecError": "._errors", "ModelLoadError": "._errors",
     "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors",
     "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
+    "Cost": ".cost", "LayerCost": ".cost", "cost": ".cost",
     "PeriodicSet": ".domain",
     "CropAlignment": ".geometry", "MergeAlignment": ".geometry", "ResampleAlignment": ".resampling",
     "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
                           UnsupportedOpError)
     from .analysis import Analysis, Layer, analyze
+    from .cost import Cost, LayerCost, cost
     from .domain import PeriodicSet
     from .geometry import CropAlignment, MergeAlignment
     from .resampling import ResampleAlignment

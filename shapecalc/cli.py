@@ -124,6 +124,51 @@ def _trace(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# cost
+
+
+def _add_cost(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cost", help="FLOPs, MACs, parameters and activation memory as exact expressions of the input size",
+        description="Trace MODEL and give, per layer and in total, FLOPs (torch.utils.flop_counter.FlopCounterMode's "
+                    "convention: a multiply-accumulate counts 2, only convolutions and matrix products count), "
+                    "multiply-accumulates, parameters, activation memory (elements and bytes) and the peak "
+                    "activation memory of an inference forward pass, as exact expressions in the input symbols.")
+    _add_model_arguments(parser)
+    parser.add_argument("--input", required=True, metavar="SPEC",
+                        help="input size: H, HxW, 512, 512x384, Hx384 (names are symbols)")
+    # the keys of shapecalc.cost.DTYPES, spelled out so that parsing does not import torch
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32",
+                        help="element type of floating activations, for bytes (default: float32)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.set_defaults(handler=_cost)
+
+
+def _cost(args) -> int:
+    from .specs import parse_input_spec, parse_model_args
+
+    spec = parse_input_spec(args.input)  # fails before torch loads
+    model_args = parse_model_args(args.arg)
+    if args.channels is not None and args.channels < 1:
+        raise_usage(f"--channels must be positive, got {args.channels}")
+    from .analysis import analyze
+    from .cost import cost
+    from .cost_report import cost_markdown, cost_table, cost_to_json
+    from .trace import load_model
+
+    with _user_output_to_stderr():
+        model = load_model(args.model, model_args)
+        result = cost(analyze(model, spec, channels=args.channels, name=args.model), model, dtype=args.dtype)
+    if args.format == "json":
+        print(json.dumps(cost_to_json(result), indent=2))
+    elif args.format == "markdown":
+        print(cost_markdown(result), end="")
+    else:
+        _console().print(cost_table(result), crop=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # verify
 
 
@@ -306,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "convolutional networks, derived symbolically from torch.fx graphs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_trace(subparsers)
+    _add_cost(subparsers)
     _add_verify(subparsers)
     _add_check(subparsers)
     _add_docs(subparsers)
