@@ -12,6 +12,7 @@ outputs share storage, not the liveness rule itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -162,3 +163,41 @@ def zoo():
 def test_zoo_models_match_flop_counter_and_storages(zoo, spec, kwargs):
     compared, wrong = _disagreements(load_model(spec, kwargs), spec)
     assert compared > 100 and not wrong, wrong[:5]
+
+
+def test_cli_json_totals_match_torch_at_a_concrete_size(capsys):
+    assert main(["cost", "fcn8s", "--input", "45x59", "--arg", "width=0.125", "--format", "json",
+                 "--dtype", "float16"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    model = load_model("fcn8s", {"width": 0.125})
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = model(torch.empty(1, 3, 45, 59, device="meta"))
+    total = data["total"]
+    assert int(total["flops"]) == counter.get_total_flops() and int(total["macs"]) * 2 == int(total["flops"])
+    assert total["params"] == sum(p.numel() for p in model.parameters())
+    last = data["layers"][-1]
+    assert int(last["activation"]["elements"]) == out.numel() and int(last["activation"]["bytes"]) == 2 * out.numel()
+
+
+def test_cli_symbolic_markdown_and_table(capsys):
+    assert main(["cost", "deeplabv3", "--input", "HxW", "--arg", "width=0.125", "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| layer | op | flops |" in text and "peak activation (float32): Max(" in text
+    assert main(["cost", "deeplabv3", "--input", "H", "--arg", "width=0.125"]) == 0
+    assert "ceiling(H/16)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["cost", "fcn8s", "--input", "0"], "sizes must be positive"),
+    (["cost", "fcn8s", "--input", "H", "--dtype", "int8"], "invalid choice"),
+    (["cost", "nosuch", "--input", "H"], "unknown model"),
+    (["cost", "fcn8s", "--input", "H", "--channels", "0"], "--channels must be positive"),
+])
+def test_cli_bad_input_is_one_line_exit_2(capsys, argv, message):
+    # argparse rejects a --dtype itself (SystemExit 2); the rest come back from main
+    with pytest.raises(SystemExit) if "--dtype" in argv else contextlib.nullcontext() as raised:
+        code = main(argv)
+    code = raised.value.code if raised else code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
