@@ -198,7 +198,11 @@ def summary_lines(analysis: Analysis) -> list[str]:
     lines = []
     for name, tensor in analysis.outputs.items():
         label = "output" if name == "output" else f"output {name!r}"
-        lines.append(f"{label}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
+        if tensor.spatial_sizes:
+            lines.append(f"{label}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
+        else:  # a classifier's logits: say so rather than print an empty size
+            shape = "(" + ", ".join(format_expr(s) for s in tensor.shape) + ")"
+            lines.append(f"{label}: {shape}, no spatial axes")
     lines.append(f"valid input: {analysis.validity_sentence()}")
     if analysis.crops or analysis.merges or analysis.resamples:
         lines.append(f"aligned input: {analysis.aligned_sentence()}")

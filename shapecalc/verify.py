@@ -408,7 +408,7 @@ class VerifyReport:
             f"{verdict}: {self.model} --input {self.input} on {self.device}",
             f"  examples: {_count(self.examples, 'valid size')}{ranges}, {_count(self.invalid_checked, 'invalid size')}"
             + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
-            f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} nodes per forward pass)",
+            f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} {'node' if self.graph_nodes == 1 else 'nodes'} per forward pass)",
             f"  valid input: {self.domain}",
             f"  time: {self.seconds:.1f} s ({self.analysis_seconds:.1f} s analysis)",
         ]

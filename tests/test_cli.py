@@ -692,3 +692,20 @@ def test_bad_arguments_fail_before_torch_loads():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2, 2] False", done.stdout + done.stderr
     assert len(done.stderr.splitlines()) == 8
+
+
+def test_an_output_without_spatial_axes_is_named_with_its_shape(tmp_path, capsys):
+    # LeNet's logits: the summary gives the shape torch produces, not an empty size
+    source = textwrap.dedent("""
+        import torch.nn as nn
+        def lenet():
+            return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 10))
+    """)
+    path = tmp_path / "lenet_model.py"
+    path.write_text(source)
+    model = load_model(f"{path}:lenet")
+    shape = tuple(model.to_empty(device="meta")(torch.empty(1, 1, 32, 32, device="meta")).shape)
+    code, out, _ = run(["trace", f"{path}:lenet", "--input", "H"], capsys)
+    assert code == 0
+    assert f"output: ({', '.join(map(str, shape))}), no spatial axes" in out
