@@ -324,8 +324,8 @@ def _resample_findings(analysis: Analysis, max_shift: Optional[float]) -> list[F
         if max_shift is not None and over:
             scan = min(over, key=lambda sc: sorted(sc.over_at.values()))
             where = _where(scan.over_at, analysis)
-            message = (f"{what} shifts pixels by {_pixels(scan.over)} px where at most {max_shift:g} is allowed "
-                       f"({where})")
+            message = (f"{what} shifts pixels by {_pixels(scan.over)} px where at most {max_shift:g} is allowed"
+                       + (f" ({where})" if where else ""))
             findings.append(Finding(ERROR, "resample", resample.name, message, actual,
                                     tuple(f"{max_shift:g}" for _ in shifts), scan.over_at or None))
             continue
@@ -333,7 +333,7 @@ def _resample_findings(analysis: Analysis, max_shift: Optional[float]) -> list[F
             continue
         scan = max(scans, key=lambda sc: sc.worst)
         where = _where(scan.worst_at, analysis)
-        message = f"{what} shifts pixels by {_pixels(scan.worst)} px ({where})"
+        message = f"{what} shifts pixels by {_pixels(scan.worst)} px" + (f" ({where})" if where else "")
         if max_shift is not None:
             message += (f"; within {max_shift:g} px for every valid size up to {SCAN_LIMIT}, "
                         "not decided beyond")

@@ -391,3 +391,28 @@ def test_nothing_to_check_is_not_ok(capsys, classifier_file):
     capsys.readouterr()
     assert main(["check", spec, "--input", "9", "--expect-output", "5", "--max-shift", "1"]) == 0
     assert "warning: model: --max-shift 1: no resample to measure" in capsys.readouterr().out
+
+
+class _PoolThenUpsample(nn.Module):
+    def forward(self, x):
+        pooled = torch.nn.functional.avg_pool2d(x, 2)
+        return torch.nn.functional.interpolate(pooled, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def _worst_shift_in_torch(h: int) -> float:
+    # pooled pixel p covers input pixels 2p, 2p+1: its centre is 2p + 0.5; resample that ramp
+    # as the model does and compare where each output pixel samples with where it sits
+    pooled = torch.arange(h // 2, dtype=torch.float64) * 2 + 0.5
+    sampled = torch.nn.functional.interpolate(pooled.view(1, 1, -1), size=h, mode="linear", align_corners=True)
+    return float((sampled.view(-1) - torch.arange(h, dtype=torch.float64)).abs().max())
+
+
+def test_a_resample_warning_without_a_counterexample_has_no_empty_brackets():
+    report = check(analyze(_PoolThenUpsample(), "H"))
+    lines = [f.message for f in report.findings if f.kind == "resample"]
+    assert lines, "the resample must be reported"
+    assert all("()" not in line for line in lines), lines
+    # the shift it names is the one torch's interpolation makes (the same at every even H)
+    worst = {_worst_shift_in_torch(h) for h in range(2, 200, 2)}
+    assert worst == {0.5}
+    assert "shifts pixels by 0.5 px" in lines[0]
