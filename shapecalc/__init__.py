@@ -23,6 +23,10 @@ _EXPORTS = {
     "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
     "AxisGeometry": ".tensors", "SymbolicTensor": ".tensors",
     "InputSpec": ".trace", "load_model": ".trace", "parse_input_spec": ".trace",
+    # for rule authors: shapecalc/extend.py
+    "rule": ".extend", "unregister": ".extend", "rule_scope": ".extend", "tracing": ".extend",
+    "RuleContext": ".extend", "with_spatial_sizes": ".extend", "window_geometry": ".extend",
+    "ceildiv": ".extend", "floordiv": ".extend", "floor_of": ".extend",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -49,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .analysis import Analysis, Layer, analyze
     from .cost import Cost, LayerCost, cost
     from .domain import PeriodicSet
+    from .extend import (RuleContext, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
+                         window_geometry, with_spatial_sizes)
     from .geometry import CropAlignment, MergeAlignment
     from .resampling import ResampleAlignment
     from .symbolic import FloorDiv, format_expr, size_symbol

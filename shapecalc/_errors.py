@@ -1,30 +1,68 @@
 """The one error family of shapecalc.
 
-Internal code raises short errors; the public boundary (``analyze``, the CLI)
-adds the user's context (model, input spec, node) before they reach a person.
+Internal code raises short errors with a ``reason``; whoever knows more sets
+the fields (``node`` and ``op`` where a graph node fails, ``model`` and
+``input`` at the public boundary).  The message is built from them in one
+place, :meth:`ShapecalcError.message`; nothing re-parses another error's text.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import Callable, Optional
+
 
 class ShapecalcError(Exception):
-    """Base class: every error shapecalc raises on purpose is one of these."""
+    """Base class: every error shapecalc raises on purpose is one of these.
+
+    Fields (None where not known): ``reason`` (the bare sentence), ``node``
+    (the fx node name), ``op`` (what the node calls, e.g. ``Conv2d``),
+    ``model`` (the model's name or MODEL spec) and ``input`` (the input spec's
+    text, e.g. ``"HxW"``)."""
 
     #: process exit status the CLI uses for this kind of error
     exit_code = 2
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, *, node: Optional[str] = None, op: Optional[str] = None,
+                 model: Optional[str] = None, input: Optional[str] = None):
         super().__init__(reason)
         # torch.fx appends "While executing ..." to args[0] of errors raised
         # inside an Interpreter; the reason stays clean for messages.
         self.reason = reason
+        self.node, self.op, self.model, self.input = node, op, model, input
+
+    def with_context(self, **fields) -> "ShapecalcError":
+        """A copy with the given fields set where this error has none yet
+        (the innermost knowledge wins: a node named deep inside stays)."""
+        unknown = set(fields) - {"node", "op", "model", "input"}
+        if unknown:
+            raise TypeError(f"unknown error fields: {', '.join(sorted(unknown))}")
+        copied = copy.copy(self)
+        for name, value in fields.items():
+            if getattr(copied, name, None) is None:
+                setattr(copied, name, value)
+        return copied
+
+    def message(self, input_text: Callable[[str], str] = lambda spec: f"input {spec!r}") -> str:
+        """The one place a message is built from the fields:
+        ``MyNet with input 'H' at node 'conv1' (Conv2d): reason``.
+        ``input_text`` says how the input spec is named (the CLI names its flag)."""
+        subject = " ".join(part for part in (getattr(self, "model", None),
+                                             None if getattr(self, "input", None) is None
+                                             else f"with {input_text(self.input)}") if part)
+        node = getattr(self, "node", None)
+        if node is not None:
+            op = getattr(self, "op", None)
+            subject += f"{' ' if subject else ''}at node {node!r}" + (f" ({op})" if op else "")
+        reason = getattr(self, "reason", None) or (str(self.args[0]) if self.args else "")
+        return f"{subject}: {reason}" if subject else reason
 
     def __str__(self) -> str:
-        return self.reason
+        return self.message()
 
 
 class InputSpecError(ShapecalcError):
-    """An ``--input`` spec (or a size value) that is not well formed."""
+    """An input spec (or a size value, or another argument) that is not well formed."""
 
 
 class ModelLoadError(ShapecalcError):

@@ -7,13 +7,14 @@ spec and the node here, so every message a person sees names all three.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import sympy
 import torch
 import torch.fx
 import torch.nn as nn
 
+from . import rules
 from ._errors import ShapecalcError, TraceError
 from .domain import Domain, PeriodicSet
 from .geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
@@ -197,16 +198,20 @@ def _outputs(value) -> dict[str, SymbolicTensor]:
 
 
 def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None, batch: int = 1,
-            name: Optional[str] = None) -> Analysis:
+            name: Optional[str] = None, leaf: Sequence = (), concrete_args: Optional[Mapping[str, Any]] = None
+            ) -> Analysis:
     """Trace ``model`` and derive, for the input spec (``"H"``, ``"HxW"``,
     ``"512x384"``), every layer's spatial sizes, the crop offsets, the output
-    sizes and the exact set of valid input sizes."""
+    sizes and the exact set of valid input sizes.  ``leaf`` (module classes,
+    functions or ``package.module:Name`` specs) stay one node each and
+    ``concrete_args`` fix forward() arguments (see :func:`shapecalc.tracing`)."""
     name = name or type(model).__name__
     spec = parse_input_spec(input) if isinstance(input, str) else input
     try:
         concrete = [tuple(int(s) for s in spec.sizes)] if not spec.symbols else []
         graph_module = trace_module(model, channels=channels, batch=batch, sizes=concrete,
-                                    dimensions=len(spec.sizes) if len(spec.sizes) > 1 else None)
+                                    dimensions=len(spec.sizes) if len(spec.sizes) > 1 else None,
+                                    leaf=leaf, concrete_args=concrete_args)
         dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
         spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
         channel_count = channels or inferred_channels or 3
@@ -257,9 +262,5 @@ def _check_at_valid_sizes(model, graph_module, domain: Domain, spec: InputSpec, 
 
 
 def _with_context(error: ShapecalcError, model: str, spec: InputSpec) -> ShapecalcError:
-    node = getattr(error, "node", None)
-    where = f" at node {node!r} ({error.op})" if node else ""
-    message = f"{model} with --input {spec.text}{where}: {error.reason}"
-    wrapped = type(error)(message)
-    wrapped.node = node
-    return wrapped
+    """``error`` with the boundary's fields set (the message is built from them)."""
+    return error.with_context(model=model, input=spec.text)

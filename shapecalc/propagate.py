@@ -180,8 +180,9 @@ class SizeInterpreter(torch.fx.Interpreter):
         found = rules.lookup(kind, module if module is not None else key)
         if found is None:
             raise UnsupportedOpError(
-                f"no size rule for {_describe_target(self._node, module)}; add one in shapecalc/rules.py "
-                "(see docs/guide.md, 'Adding a layer rule')")
+                f"no size rule for {_describe_target(self._node, module)}; register one with "
+                f"@shapecalc.rule({_describe_target(self._node, module)}) in your code, or add it to "
+                "shapecalc/rules.py (docs/guide.md, 'Rules for your own layers and functions')")
         return found.function(_NodeContext(self, self._node, module), *args, **kwargs)
 
     def call_function(self, target, args, kwargs):
