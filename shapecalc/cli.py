@@ -344,6 +344,51 @@ def _docs(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# export-spec
+
+
+def _add_export_spec(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export-spec", help="a torch.export dynamic_shapes spec from the valid sizes, verified by exporting",
+        description="Build a torch.export dynamic_shapes spec (named Dims, derived dims for periodic sizes) from "
+                    "MODEL's exact valid input sizes, run torch.export.export with it (strict=False, on meta) and "
+                    "print it as Python to paste or as JSON, with what it covers. Where export refuses the whole "
+                    "valid range, the widest spec it accepts is printed with what it leaves out and the torch "
+                    "guard behind it. Exit 0 verified; 1 when no spec was accepted.")
+    _add_model_arguments(parser)
+    parser.add_argument("--input", required=True, metavar="SPEC", help="input size: H, HxW, Hx384 (symbols are dims)")
+    parser.add_argument("--max", type=_positive_int, default=None, metavar="N",
+                        help="largest size in the spec (default: 4096; at most 65536); coverage is counted in 1..N")
+    parser.add_argument("--format", choices=("python", "json"), default="python",
+                        help="output format (default: python)")
+    parser.set_defaults(handler=_export_spec)
+
+
+def _export_spec(args) -> int:
+    from .export_spec import DEFAULT_MAX, MAX_LIMIT
+    from .specs import parse_input_spec, parse_model_args
+
+    spec = parse_input_spec(args.input)  # what was typed is checked before torch loads
+    model_args = parse_model_args(args.arg)
+    max_size = DEFAULT_MAX if args.max is None else args.max
+    if max_size > MAX_LIMIT:
+        raise_usage(f"--max must be at most {MAX_LIMIT}, got {max_size}")
+    if args.channels is not None and args.channels < 1:
+        raise_usage(f"--channels must be positive, got {args.channels}")
+    from .export_spec import export_spec
+    from .trace import load_model
+
+    with _user_output_to_stderr():
+        model = load_model(args.model, model_args)
+        result = export_spec(model, spec.text, max_size=max_size, channels=args.channels, name=args.model)
+    if args.format == "json":
+        print(json.dumps(result.as_data(), indent=2))
+    else:
+        print(result.python(), end="")
+    return 0 if result.verified else 1
+
+
+# ---------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(subparsers)
     _add_check(subparsers)
     _add_docs(subparsers)
+    _add_export_spec(subparsers)
     return parser
 
 
