@@ -77,16 +77,33 @@ def lookup(kind: str, target) -> Optional[Rule]:
         for cls in type(target).__mro__:
             if cls in RULES:
                 return RULES[cls]
+            if _qualified(cls) in RULES:
+                return RULES[_qualified(cls)]
         return None
     if kind == "call_method":
         return RULES.get(str(target))
     try:
-        return RULES.get(target)
+        return RULES.get(target) or RULES.get(_qualified(target))
     except TypeError:  # unhashable target
         return None
 
 
+@dataclass(frozen=True)
+class QualifiedName:
+    """A key for a function or class of a library shapecalc does not import
+    (torchvision's ``stochastic_depth``), matched by ``module.qualname``."""
+
+    name: str
+
+
+def _qualified(target) -> Optional[QualifiedName]:
+    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    return QualifiedName(f"{module}.{name}") if isinstance(module, str) and isinstance(name, str) else None
+
+
 def key_name(key) -> str:
+    if isinstance(key, QualifiedName):
+        return key.name
     if isinstance(key, str):
         return f"Tensor.{key}"
     if isinstance(key, type):
@@ -997,11 +1014,15 @@ def dimensions(ctx, x):
 
 @rule(builtins.getattr)
 def attribute(ctx, obj, name, *default):
+    if isinstance(obj, Untracked):
+        raise UnsupportedOpError(f"{obj.what} is not tracked (its .{name})")
     if isinstance(obj, SymbolicTensor):
         if name == "shape":
             return obj.shape
         if name == "ndim":
             return obj.ndim
+        if name in ("dtype", "device"):
+            return Untracked(f"a tensor's .{name}")
         raise UnsupportedOpError(f"tensor attribute .{name}")
     if isinstance(obj, tuple) and len(obj) == 2 and name in ("values", "indices"):
         # torch's (values, indices) named tuples (max, min, sort, ...)
@@ -1554,7 +1575,7 @@ def _comparison(relation, tensor_rule=None):
                 return sympy.false if relation is eq else sympy.true
             same = sympy.And(*[eq(x, y) for x, y in zip(a, b)])
             return same if relation is eq else sympy.Not(same)
-        if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        if isinstance(a, (str, Untracked)) or isinstance(b, (str, Untracked)) or a is None or b is None:
             raise UnsupportedOpError(f"comparison of {a!r} and {b!r}")
         return relation(a, b)
     return compare
@@ -1671,3 +1692,118 @@ def pixel_shuffle(ctx, x, upscale_factor):
 @rule(F.pixel_unshuffle, torch.pixel_unshuffle)
 def pixel_unshuffle(ctx, x, downscale_factor):
     return _pixel_rearranged(ctx, x, downscale_factor, False)
+
+
+# ---------------------------------------------------------------------------
+# tensor properties that sizes do not depend on, and new tensors
+
+
+@dataclass(frozen=True)
+class Untracked:
+    """A tensor property shapecalc does not follow (``.dtype``, ``.device``):
+    fine as a ``dtype=``/``device=`` argument, refused where it would decide
+    something (a comparison, an attribute of it)."""
+
+    what: str
+
+    def __repr__(self) -> str:
+        return self.what
+
+
+@rule(torch.empty, torch.zeros, torch.ones)
+def new_tensor(ctx, *size, **options):
+    """``torch.empty([B, 0, H // 2, W // 2], dtype=x.dtype)``: a tensor of its own
+    (no pixel of the input in it, so no spatial axes)."""
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    for s in size:
+        if isinstance(s, (SymbolicTensor, float, str)) or s is None:
+            raise UnsupportedOpError(f"a tensor of size {size!r}")
+        ctx.require(ge(s, 0), f"Trying to create tensor with negative dimension {format_expr(as_expr(s))}")
+    return SymbolicTensor(tuple(as_expr(s) for s in size))
+
+
+# ---------------------------------------------------------------------------
+# library ops keyed by name (shapecalc does not import the library)
+
+
+@rule(QualifiedName("torchvision.ops.stochastic_depth.stochastic_depth"))
+def stochastic_depth(ctx, x, p, mode, training=True):
+    """Zeroes whole rows (a per-sample factor): sizes and pixel positions stay."""
+    x = _expect_tensor(x, "stochastic_depth")
+    if not 0.0 <= p <= 1.0:
+        ctx.require(sympy.false, f"drop probability has to be between 0 and 1, but got {p}")
+    if mode not in ("batch", "row"):
+        ctx.require(sympy.false, f"mode has to be either 'batch' or 'row', but got {mode}")
+    if training and p != 0.0 and mode == "row" and x.ndim == 0:
+        ctx.require(sympy.false, "row-mode stochastic depth of a 0-d tensor (it has no batch axis)")
+    return x
+
+
+# ---------------------------------------------------------------------------
+# matrix products and axis moves
+
+
+def _matrix_product(ctx, a: SymbolicTensor, b: SymbolicTensor, what: str, broadcast: bool):
+    """``a @ b`` as aten's matmul: a 1-d side gains a unit axis that is dropped
+    again, batch axes broadcast.  A spatial axis that survives (batch, rows of
+    ``a``, columns of ``b``) keeps no coordinate map: each output mixes a whole
+    row of one side with the other side, whose pixels shapecalc cannot tell
+    from learned weights."""
+    if a.ndim == 0 or b.ndim == 0:
+        ctx.require(sympy.false, f"both arguments to {what} need to be at least 1-d, got {a.ndim}-d and {b.ndim}-d")
+    inner_a, inner_b = a.shape[-1], b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    ctx.require(eq(inner_a, inner_b), f"{what}: sizes {format_expr(inner_a)} and {format_expr(inner_b)} "
+                                      "(a's last axis, b's second-last) must match")
+    batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+    rank = max(len(batch_a), len(batch_b))
+    padded_a = (sympy.Integer(1),) * (rank - len(batch_a)) + batch_a
+    padded_b = (sympy.Integer(1),) * (rank - len(batch_b)) + batch_b
+    batch = []
+    for i, (x, y) in enumerate(zip(padded_a, padded_b)):
+        if broadcast:
+            batch.append(broadcast_size(ctx, x, y))
+        else:
+            ctx.require(eq(x, y), f"{what}: batch sizes {format_expr(x)} and {format_expr(y)} must be equal")
+            batch.append(x)
+    # where each output axis comes from (operand axes), to carry spatial marks
+    origins = [[("a", i - rank + len(batch_a)), ("b", i - rank + len(batch_b))] for i in range(rank)]
+    shape = list(batch)
+    if a.ndim >= 2:
+        shape.append(a.shape[-2])
+        origins.append([("a", a.ndim - 2)])
+    if b.ndim >= 2:
+        shape.append(b.shape[-1])
+        origins.append([("b", b.ndim - 1)])
+    spatial_of = {"a": set(a.spatial), "b": set(b.spatial)}
+    spatial = tuple(i for i, sources in enumerate(origins)
+                    if any(axis >= 0 and axis in spatial_of[side] for side, axis in sources))
+    return SymbolicTensor(tuple(shape), spatial)
+
+
+@rule(torch.matmul, "matmul", operator.matmul, "__matmul__")
+def matmul(ctx, a, b, *, out=None):
+    return _matrix_product(ctx, _expect_tensor(a, "matmul"), _expect_tensor(b, "matmul"), "matmul", broadcast=True)
+
+
+@rule(torch.bmm, "bmm")
+def batch_matmul(ctx, a, b, *, out=None):
+    a, b = _expect_tensor(a, "bmm"), _expect_tensor(b, "bmm")
+    if a.ndim != 3 or b.ndim != 3:
+        ctx.require(sympy.false, f"bmm needs two 3-d tensors, got {a.ndim}-d and {b.ndim}-d")
+    return _matrix_product(ctx, a, b, "bmm", broadcast=False)
+
+
+@rule(torch.movedim, torch.moveaxis, "movedim", "moveaxis")
+def movedim(ctx, x, source, destination):
+    x = _expect_tensor(x, "movedim")
+    source = [x.axis(d) for d in (source if isinstance(source, (tuple, list)) else [source])]
+    destination = [x.axis(d) for d in (destination if isinstance(destination, (tuple, list)) else [destination])]
+    if len(source) != len(destination) or len(set(source)) != len(source) or len(set(destination)) != len(destination):
+        ctx.require(sympy.false, f"movedim: source {source} and destination {destination} must be as long and "
+                                 "without repeats")
+    order: list = [None] * x.ndim
+    for s, d in zip(source, destination):
+        order[d] = s
+    rest = iter(a for a in range(x.ndim) if a not in source)
+    return _moved(x, [a if a is not None else next(rest) for a in order])

@@ -687,23 +687,13 @@ def _pointwise_module(key, c: int, nd: int, draw):
     return key()
 
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.LocalResponseNorm,
-    nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm,
-)
-_POINTWISE_FUNCTIONS = (
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.softplus, F.softmax, F.log_softmax, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid, F.tanh,
-    F.group_norm, F.instance_norm, F.layer_norm, torch.relu, torch.sigmoid, torch.tanh, torch.softmax,
-    torch.log_softmax, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.clamp, F.normalize,
-)
-_POINTWISE_METHODS = (
-    "relu", "relu_", "sigmoid", "tanh", "exp", "abs", "neg", "sqrt", "clamp", "clamp_", "softmax", "log_softmax",
-    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as", "cuda", "cpu",
-    "requires_grad_", "mul_", "add_", "div_",
-)
+#: the registry's shape-keeping ops (activations, dropout, norms, dtype and
+#: device moves): a rule added to one of them gets its case here unedited
+_POINTWISE_KEYS = tuple(key for key, found in rules.RULES.items()
+                        if found.name in ("shape_preserving", "layer_norm", "group_norm", "instance_norm"))
+_POINTWISE_MODULES = tuple(key for key in _POINTWISE_KEYS if isinstance(key, type))
+_POINTWISE_METHODS = tuple(key for key in _POINTWISE_KEYS if isinstance(key, str))
+_POINTWISE_FUNCTIONS = tuple(key for key in _POINTWISE_KEYS if not isinstance(key, (type, str)))
 
 
 @_cases(*_POINTWISE_MODULES)
@@ -1441,3 +1431,118 @@ def _pixel_rearrangement_cases(draw, key):
         return _call_case(key, nd, c, body, text, pre, {"op": layer, "conv": conv})
     body = lambda self, x: key(self.conv(x), factor)  # noqa: E731
     return _call_case(key, nd, c, body, f"{_name(key)}({conv!r}({_pre_text(pre)}), {factor})", pre, {"conv": conv})
+
+
+# --- new tensors, library ops keyed by name, matrix products, axis moves ---------------
+
+
+@_cases(torch.empty, torch.zeros, torch.ones)
+@st.composite
+def _new_tensor_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    k, q = draw(st.integers(-2, 6)), draw(st.integers(1, 3))
+    typed = draw(st.booleans())  # fx records a size list only (torch.empty(*proxies) does not trace)
+
+    def body(self, x):
+        sizes = [x.shape[0], 0, x.shape[a] // q - k]  # smp's dummy feature: (B, 0, H // 2, W // 2)
+        return key(sizes, dtype=x.dtype, device=x.device) if typed else key(sizes)
+
+    text = f"{_name(key)}(x.shape[0], 0, x.shape[{a}] // {q} - {k}, dtype=x.dtype) of {_pre_text(pre)}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+def _torchvision_ops():
+    """torchvision.ops, or skip the case: shapecalc does not depend on torchvision."""
+    import unittest
+
+    try:
+        import torchvision.ops
+    except Exception as error:  # not installed, or its compiled ops do not load
+        raise unittest.SkipTest(f"torchvision.ops does not import ({type(error).__name__})") from None
+    return torchvision.ops
+
+
+@_cases(rules.QualifiedName("torchvision.ops.stochastic_depth.stochastic_depth"))
+@st.composite
+def _stochastic_depth_cases(draw, key):
+    ops = _torchvision_ops()
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    p = draw(st.sampled_from((0.0, 0.2, 1.0, 1.5)))
+    mode = draw(st.sampled_from(("row", "batch", "col")))
+    training = draw(st.booleans())
+    # through the module: fx records the function only where torchvision calls it
+    layer = ops.StochasticDepth(p, mode)
+    case = _call_case(key, nd, c, lambda self, x: self.op(x) * 2,
+                      f"{layer!r}(training={training})({_pre_text(pre)})", pre, {"op": layer})
+    layer.train(training)  # the case module is put in eval mode; the layer alone may train
+    return case
+
+
+_MATMUL_FORMS = ("weight", "vector", "gram", "dot", "batch_broadcast")
+
+
+@_cases(torch.matmul, "matmul", operator.matmul, "__matmul__", torch.bmm, "bmm")
+@st.composite
+def _matrix_product_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    batched = key in (torch.bmm, "bmm")
+    form = draw(st.sampled_from(("weight", "gram") if batched else _MATMUL_FORMS))
+    s, k = draw(st.integers(1, 6)), draw(st.integers(1, 3))  # the last axis must be s for a weight
+    call = operator.matmul if key in (operator.matmul, "__matmul__") else torch.matmul if key is torch.matmul \
+        else torch.bmm if key is torch.bmm else (lambda a, b: getattr(a, key)(b))
+    if batched:
+        flat = (lambda x: x.flatten(2)) if nd > 1 else (lambda x: x)  # (1, c, L): 3-d
+        if form == "weight":
+            tensors = {"w": torch.randn(1, s, k)}
+            body, text = (lambda self, x: call(flat(x), self.w)), f"bmm(flat({{x}}), w(1, {s}, {k}))"
+        else:
+            body, text = (lambda self, x: call(flat(x), flat(x).transpose(1, 2))), "bmm(flat({x}), flat({x}).mT)"
+    elif form == "weight":
+        tensors = {"w": torch.randn(s, k)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w({s}, {k})"
+    elif form == "vector":
+        tensors = {"w": torch.randn(s)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w({s},)"
+    elif form == "gram":
+        body, text = (lambda self, x: call(x, x.transpose(-1, -2))), "{x} @ {x}.mT"
+    elif form == "dot":
+        body, text = (lambda self, x: call(x.flatten(), x.flatten())), "{x}.flatten() @ {x}.flatten()"
+    else:
+        tensors = {"w": torch.randn(2, 1, s, k)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w(2, 1, {s}, {k})"
+    tensors = tensors if form in ("weight", "vector", "batch_broadcast") else None
+    text = f"{_name(key)}: {text.format(x=_pre_text(pre))}"
+    if key == "__matmul__":  # fx records a @ b as operator.matmul, never the method
+        case = _call_case(key, nd, c, body, text, pre, tensors=tensors)
+        return OpCase(key, _retargeted(case.module, operator.matmul, "call_method", key), c, nd, case.text)
+    return _call_case(key, nd, c, body, text, pre, tensors=tensors)
+
+
+@_cases(torch.movedim, torch.moveaxis, "movedim", "moveaxis")
+@st.composite
+def _axis_move_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    rank = nd + 2
+    count = draw(st.integers(1, rank))
+    source = draw(st.lists(st.integers(-rank, rank - 1), min_size=count, max_size=count, unique_by=lambda d: d % rank))
+    destination = draw(st.lists(st.integers(-rank, rank - 1), min_size=count, max_size=count,
+                                unique_by=lambda d: d % rank))
+    single = count == 1 and draw(st.booleans())
+    src, dst = (source[0], destination[0]) if single else (tuple(source), tuple(destination))
+    round_trip = draw(st.booleans())  # channels last and back, as ConvNeXt blocks do
+
+    def body(self, x):
+        y = _invoke(key, x, src, dst)
+        return _invoke(key, y * 2, dst, src) if round_trip else y
+
+    text = f"{_name(key)}({_pre_text(pre)}, {src}, {dst}){' and back' if round_trip else ''}"
+    return _call_case(key, nd, c, body, text, pre)

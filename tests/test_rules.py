@@ -105,7 +105,8 @@ def node_key(node: torch.fx.Node, graph_module):
 
 
 def same_key(a, b) -> bool:
-    return a is b or (isinstance(a, str) and a == b)
+    # a key by qualified name (a library shapecalc does not import) matches its function
+    return a is b or (isinstance(a, str) and a == b) or (isinstance(b, rules.QualifiedName) and rules._qualified(a) == b)
 
 
 # ---------------------------------------------------------------------------
