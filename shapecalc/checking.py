@@ -62,6 +62,8 @@ class CheckReport:
     findings: tuple[Finding, ...]
     checked: dict = field(default_factory=dict)   # kind -> how many were examined
     valid: str = ""                               # the validity sentence
+    #: for a concrete size that cannot run: sizes.SizeFailure.to_json() (binding requirement, nearest sizes, pad)
+    explanation: Optional[dict] = None
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -99,6 +101,7 @@ class CheckReport:
             "checked": dict(self.checked),
             "valid": self.valid,
             "findings": [f.as_data() for f in self.findings],
+            "explanation": self.explanation,
         }
 
 
@@ -464,10 +467,17 @@ def _nothing_findings(analysis: Analysis, expected: Optional[InputSpec], limit: 
     run proved only that the network runs for some size); a --max-shift with
     no resample to measure is a warning (the limit held vacuously)."""
     audited = len(analysis.crops) + len(analysis.merges) + len(analysis.resamples)
+    # a crop feeding no merge, or a merge whose alignment could not be decided, was looked at
+    # but judged nothing: it does not make a pass
+    decided = sum(1 for item in (*analysis.crops, *analysis.merges, *analysis.resamples) if item.aligned is not None)
     findings = []
     if not audited and expected is None:
         findings.append(Finding(ERROR, "nothing", "model", "nothing to check: no crop, merge or resample to audit "
                                                            "and no expected output size (give --expect-output)"))
+    elif not decided and expected is None:
+        findings.append(Finding(ERROR, "nothing", "model", "nothing checked: no crop, merge or resample could be "
+                                                           "judged (see the warnings) and "
+                                                           "no expected output size was given (give --expect-output)"))
     elif limit is not None and not analysis.resamples:
         findings.append(Finding(WARNING, "resample", "model", f"--max-shift {limit:g}: no resample to measure"))
     return findings
@@ -487,7 +497,9 @@ def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = No
     explained = {crop.merge for crop in analysis.crops if crop.aligned is False and crop.merge}
     findings = _domain_findings(analysis) + crops + _merge_findings(analysis, explained)
     findings += _resample_findings(analysis, limit)
-    checked = {"crop": len(analysis.crops), "merge": len(analysis.merges), "resample": len(analysis.resamples)}
+    # what was judged, not what was looked at: an undecided audit is a warning, not a check
+    checked = {kind: sum(1 for item in items if item.aligned is not None) for kind, items in
+               (("crop", analysis.crops), ("merge", analysis.merges), ("resample", analysis.resamples))}
     if expected is not None:
         findings += _output_findings(analysis, expected)
         checked["output"] = len(analysis.outputs)
@@ -512,13 +524,24 @@ def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Uni
     try:
         analysis = analyze(model, spec, channels=channels, name=name)
     except SizeError as error:
-        return _size_error_report(error, name or type(model).__name__, spec)
+        from .sizes import explain_failure
+
+        failure = explain_failure(model, spec, error, channels=channels, name=name)
+        return _size_error_report(error, name or type(model).__name__, spec, failure)
     return check(analysis, expect_output=expected, max_shift=limit)
 
 
-def _size_error_report(error: ShapecalcError, model: str, spec: InputSpec) -> CheckReport:
+def _size_error_report(error: ShapecalcError, model: str, spec: InputSpec, failure=None) -> CheckReport:
     reason = getattr(error.__cause__, "reason", None) or error.reason
     node = getattr(error, "node", None) or "input"
     where = f"for any {' x '.join(map(str, spec.sizes))}" if spec.symbols else f"at {spec.text}"
-    finding = Finding(ERROR, "size", node, f"the network cannot run {where}: {reason}")
-    return CheckReport(model, spec.text, (finding,), {}, "does not run at this size")
+    findings = [Finding(ERROR, "size", node, f"the network cannot run {where}: {reason}")]
+    if failure is not None:
+        # the explanation as further lines of the one finding's story: where the sizes come from, what to use
+        if failure.chains:
+            findings.append(Finding(ERROR, "size", node, f"sizes leading there: {failure.chain_text()}"))
+        for axis in failure.axes:
+            if axis.ok is False:
+                findings.append(Finding(ERROR, "size", node, f"{axis.near_sentence()}; {axis.pad_sentence()}"))
+    return CheckReport(model, spec.text, tuple(findings), {}, "does not run at this size",
+                       explanation=None if failure is None else failure.to_json())

@@ -234,9 +234,10 @@ def test_network_that_never_runs(capsys, small_file):
 
 def test_unchecked_crop_is_a_warning_and_every_output_is_checked(capsys, small_file):
     code, out, _ = run(capsys, "check", f"{small_file}:TwoOutputs", "--input", "H")
-    assert code == 0
-    assert out.splitlines()[0] == ("warning: getitem: crop offset 1 not checked: it feeds no merge or output, "
-                                   "so nothing says where it must start")
+    assert code == 1  # the only audit was undecided: nothing was checked, so no pass
+    assert ("warning: getitem: crop offset 1 not checked: it feeds no merge or output, "
+            "so nothing says where it must start") in out.splitlines()
+    assert "nothing checked" in out
     code, out, _ = run(capsys, "check", f"{small_file}:TwoOutputs", "--input", "H", "--expect-output", "H")
     assert code == 1
     assert out.splitlines()[:2] == ["error: add: output 'plus' size H - 3 where H is expected (H=3: size 0, expected 3)",
@@ -416,3 +417,26 @@ def test_a_resample_warning_without_a_counterexample_has_no_empty_brackets():
     worst = {_worst_shift_in_torch(h) for h in range(2, 200, 2)}
     assert worst == {0.5}
     assert "shifts pixels by 0.5 px" in lines[0]
+
+
+class _CropThenConv(nn.Module):
+    """A crop that feeds no merge: nothing says where it must start."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=2)
+
+    def forward(self, x):
+        return self.conv(x[:, :, 1:-1, 1:-1])
+
+
+def test_a_check_whose_audits_were_all_undecided_is_not_a_pass():
+    model = _CropThenConv()
+    assert model(torch.zeros(1, 3, 7, 7)).shape == (1, 4, 7, 7)  # torch: the output size is the input's
+    report = check(analyze(model, "H"))
+    assert not report.ok
+    assert any(f.kind == "nothing" for f in report.findings)
+    assert report.checked["crop"] == 0
+    # with an expectation torch confirms, something was checked and it passes
+    expected = check(analyze(model, "H"), expect_output="H")
+    assert expected.ok, [f.message for f in expected.findings]
