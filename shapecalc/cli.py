@@ -110,7 +110,12 @@ def _add_trace(subparsers) -> None:
 
 
 def _trace(args) -> int:
-    analysis = _analysis(args)
+    from ._errors import SizeError
+
+    try:
+        analysis = _analysis(args)
+    except SizeError as error:
+        return _explained_size_error(args, error)
     from .report import render_markdown, render_table, to_json
 
     if args.format == "json":
@@ -165,6 +170,62 @@ def _cost(args) -> int:
         print(cost_markdown(result), end="")
     else:
         _console().print(cost_table(result), crop=False)
+    return 0
+
+
+def _explained_size_error(args, error) -> int:
+    """A concrete size the model cannot run at is a finding: the explanation
+    (binding requirement, sizes leading there, nearest valid sizes, padding)
+    goes to stdout (JSON with --format json), the one-line error to stderr, exit 1."""
+    from .sizes import explain_failure
+    from .specs import parse_input_spec, parse_model_args
+    from .trace import load_model
+
+    with _user_output_to_stderr():
+        model = load_model(args.model, parse_model_args(args.arg))
+        failure = explain_failure(model, parse_input_spec(args.input), error, channels=args.channels, name=args.model)
+    if failure is None:
+        raise error
+    print(json.dumps(failure.to_json(), indent=2) if args.format == "json" else failure.to_text(), end=""
+          if args.format != "json" else "\n")
+    print(f"shapecalc {args.command}: error: {_error_line(error)}", file=sys.stderr)
+    return error.exit_code
+
+
+# ---------------------------------------------------------------------------
+# sizes
+
+
+def _add_sizes(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sizes", help="the valid (and aligned) input sizes, the nearest ones to N and how to pad to one",
+        description="Answer which input sizes MODEL runs at: per axis the valid and aligned sizes, with --near N "
+                    "the nearest valid sizes below and above N and the padding that makes N valid, and the "
+                    "smallest m such that padding to a multiple of m always works. Exit 0 when it answered, "
+                    "even if N is not valid.")
+    _add_model_arguments(parser)
+    parser.add_argument("--input", default="H", metavar="SPEC", help="symbolic input size: H or HxW (default: H)")
+    parser.add_argument("--near", default=None, metavar="N", help="a size (every axis) or NxM (per axis)")
+    parser.add_argument("--range", default=None, metavar="A..B", help="list the valid sizes from A to B")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    parser.set_defaults(handler=_sizes)
+
+
+def _sizes(args) -> int:
+    from .specs import parse_input_spec
+    from .sizes import parse_near, parse_range
+
+    spec = parse_input_spec(args.input)
+    if not spec.symbols:
+        raise_usage(f"sizes needs a symbolic --input such as H or HxW (got {args.input!r}); "
+                    "give the concrete size as --near")
+    near = parse_near(args.near, len(spec.symbols))
+    bounds = parse_range(args.range)
+    from .sizes import sizes_report
+
+    report = sizes_report(_analysis(args), near=near, range=bounds)
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else report.to_text(), end=""
+          if args.format != "json" else "\n")
     return 0
 
 
@@ -399,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost(subparsers)
     _add_verify(subparsers)
     _add_check(subparsers)
+    _add_sizes(subparsers)
     _add_docs(subparsers)
     _add_export_spec(subparsers)
     return parser

@@ -1026,6 +1026,15 @@ class Requirement:
     reason: str
 
 
+@dataclass(frozen=True)
+class Exclusion:
+    """Sizes of one symbol that ``requirement`` rules out (and no earlier one did)."""
+
+    requirement: Requirement
+    symbol: sympy.Symbol
+    sizes: PeriodicSet
+
+
 @dataclass
 class Domain:
     """The valid input sizes, built up one requirement at a time.
@@ -1044,6 +1053,8 @@ class Domain:
     joint: list[Requirement] = field(default_factory=list)
     #: the valid sizes as a union of cells, once some requirement ties symbols
     cells: Optional[list[_Cell]] = field(default=None, repr=False)
+    #: per requirement that shrank a symbol's set, the sizes it removed (graph order)
+    exclusions: list["Exclusion"] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         for s in self.symbols:
@@ -1060,7 +1071,9 @@ class Domain:
                 (symbol,) = symbols
                 allowed = condition_set(requirement.condition, symbol)
                 if self.cells is None:  # a plain product of per-symbol sets stays one
-                    self.sets[symbol] = self.sets[symbol].intersection(allowed)
+                    before = self.sets[symbol]
+                    self.sets[symbol] = before.intersection(allowed)
+                    self._record_exclusion(requirement, symbol, before)
                     return
                 restriction = [_Cell({symbol: allowed})]
             else:
@@ -1072,10 +1085,17 @@ class Domain:
         if len(symbols) > 1:
             self.joint.append(requirement)
         for s in self.symbols:
+            before = self.sets[s]
             self.sets[s] = reduce(PeriodicSet.union, [c.projection(s) for c in cells], PeriodicSet.at_least(None))
+            self._record_exclusion(requirement, s, before)
         # a union that is just the product of its projections needs no cells
         plain = len(cells) == 1 and not cells[0].ties
         self.cells = None if plain or (not cells and self.cells is None) else cells
+
+    def _record_exclusion(self, requirement: Requirement, symbol, before: PeriodicSet) -> None:
+        # the first requirement in graph order that removes a size is the one named for it
+        if self.sets[symbol] != before:
+            self.exclusions.append(Exclusion(requirement, symbol, before.difference(self.sets[symbol])))
 
     def _cells_or_box(self) -> list[_Cell]:
         return self.cells if self.cells is not None else [_Cell(dict(self.sets))]

@@ -12,6 +12,7 @@ from . import layout
 from .analysis import Analysis, Layer
 from .geometry import CropAlignment, MergeAlignment, describe_sizes
 from .resampling import ResampleAlignment
+from .sizes import EXCLUSION_COLUMNS, exclusion_rows, exclusions_data
 from .symbolic import format_expr
 from .tensors import AxisGeometry, SymbolicTensor
 
@@ -121,6 +122,7 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     domain["undecided"] = [{"node": r.node, "reason": r.reason, "condition": str(r.condition)}
                            for r in analysis.domain.undecided]
     domain["joint"] = analysis.domain.joint_data()  # null unless a requirement ties several symbols
+    domain["excluded"] = exclusions_data(analysis)  # which requirement rules out which sizes
     domain["aligned"] = aligned_domain_data(analysis)
     return {
         "version": JSON_VERSION,
@@ -220,6 +222,8 @@ CROP_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.EXPRESSION, layout.E
 MERGE_KINDS = [layout.NAME, layout.WORDS, layout.EXPRESSION, layout.NAME, layout.WORDS]
 RESAMPLE_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.NAME, layout.EXPRESSION, layout.NAME, layout.WORDS,
                   layout.WORDS]
+
+EXCLUSION_KINDS = [layout.WORDS, layout.NAME, layout.NAME, layout.WORDS]
 
 #: below this many columns a width is not honoured: tables are laid out for this
 MIN_WIDTH = 40
@@ -327,6 +331,9 @@ class TableReport:
             if items:
                 self.sections.append(_Section(name, headers, kinds, [cells_of(i) for i in items], styled=column,
                                               styles=[_STYLES[i.aligned] for i in items]))
+        rows = exclusion_rows(analysis)
+        if rows:
+            self.sections.append(_Section("excluded sizes", EXCLUSION_COLUMNS, EXCLUSION_KINDS, [_cells(r) for r in rows]))
         self.summary = summary_lines(analysis)
 
     def __rich_console__(self, console, options):
@@ -367,6 +374,9 @@ def render_markdown(analysis: Analysis) -> str:
     if analysis.resamples:
         parts += ["", "### Resamples", "",
                   _markdown_table(RESAMPLE_COLUMNS, [resample_row(r) for r in analysis.resamples])]
+    rows = exclusion_rows(analysis)
+    if rows:
+        parts += ["", "### Excluded sizes", "", _markdown_table(EXCLUSION_COLUMNS, rows)]
     if any("?" in text.split(" x ") for layer in analysis.layers for text in layer_row(layer)[4:]):
         parts += ["", UNKNOWN_LEGEND]
     parts += ["", *[f"- {line}" for line in summary_lines(analysis)]]
