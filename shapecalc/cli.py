@@ -62,6 +62,44 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyword argument for the model factory (repeatable), e.g. --arg backbone=resnet101")
     parser.add_argument("--channels", type=int, default=None, metavar="N",
                         help="input channels (default: from the first layer that consumes the input)")
+    _add_tracing_arguments(parser)
+
+
+def _add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--leaf", action="append", default=[], metavar="package.module:Name",
+                        help="a module class or function (or path/to/file.py:Name) traced as one node, whose size "
+                             "rule comes from shapecalc.rule (repeatable)")
+    parser.add_argument("--concrete", action="append", default=[], metavar="NAME=VALUE",
+                        help="trace with forward()'s argument NAME fixed to VALUE (an int, float, True/False/None "
+                             "or a string; repeatable), as torch.fx concrete_args")
+
+
+def _tracing(args):
+    """The --leaf and --concrete options in force while a command runs
+    (checked before torch loads; the named leaves are imported when a trace
+    needs them, after the model's own file)."""
+    leaves, pairs = getattr(args, "leaf", None) or [], getattr(args, "concrete", None) or []
+    if not leaves and not pairs:
+        return contextlib.nullcontext()
+    from .specs import parse_model_args
+
+    for leaf in leaves:
+        location, sep, name = leaf.rpartition(":")
+        if not sep or not location or not all(part.isidentifier() for part in name.split(".")):
+            raise_usage(f"bad --leaf {leaf[:80]!r}: expected package.module:Name or path/to/file.py:Name")
+    try:
+        concrete_args = parse_model_args(pairs)
+    except ShapecalcError as error:
+        raise_usage(str(error).replace("--arg", "--concrete"))
+    from .trace import tracing
+
+    return tracing(leaf=leaves, concrete_args=concrete_args)
+
+
+def _error_line(error: ShapecalcError) -> str:
+    """The error as one line, its input spec named as the flag that gave it."""
+    text = error.message(input_text=lambda spec: f"--input {spec}") if hasattr(error, "message") else str(error)
+    return _one_line(text)
 
 
 def _analysis(args):
@@ -378,6 +416,7 @@ def _add_docs(subparsers) -> None:
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a stale page")
     parser.add_argument("--force", action="store_true",
                         help="overwrite files in DIR that shapecalc docs did not write (default: refuse)")
+    _add_tracing_arguments(parser)
     parser.set_defaults(handler=_docs)
 
 
@@ -478,9 +517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.handler(args)
+        with _tracing(args):
+            return args.handler(args)
     except ShapecalcError as error:
-        print(f"shapecalc {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"shapecalc {args.command}: error: {_error_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("shapecalc: interrupted", file=sys.stderr)
