@@ -60,11 +60,11 @@ def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when available, else ``cpu``; a device that
     is not there is a usage error."""
     if device not in DEVICES:
-        raise InputSpecError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise InputSpecError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputSpecError("--device cuda: torch.cuda.is_available() is False on this machine")
+        raise InputSpecError("device 'cuda': torch.cuda.is_available() is False on this machine")
     return device
 
 
