@@ -250,8 +250,9 @@ def widest_progression(symbol: str, sizes: list[int]) -> Optional[AxisSpec]:
         return None
     best: Optional[AxisSpec] = None
     ordered = sorted(members)
-    steps = {1} | {b - a for a, b in zip(ordered, ordered[1:])}
-    for step in sorted(steps)[:64]:
+    # steps between early members: a set like "H = 32k or 32k - 1" has no consecutive gap of 32
+    steps = {1} | {b - a for i, a in enumerate(ordered[:16]) for b in ordered[i + 1:i + 64]}
+    for step in sorted(steps)[:128]:
         for start in ordered:
             if start - step in members:
                 continue  # not the first of its run
