@@ -20,7 +20,7 @@ from ._errors import InputSpecError, ShapecalcError, SizeError
 from .analysis import Analysis, analyze
 from .domain import DomainError, condition_set
 from .symbolic import as_expr, compiled, evaluate, format_expr
-from .specs import shorten
+from .specs import parse_expected_output, shorten
 from .trace import InputSpec, parse_input_spec
 
 CHECK_JSON_VERSION = 1
@@ -442,11 +442,7 @@ def _parse_expected(expect_output) -> Optional[InputSpec]:
         expect_output = "x".join(str(s) for s in expect_output)
     if not isinstance(expect_output, str):
         raise InputSpecError(f"expected output size must be a spec like 'H' or 'HxW', got {expect_output!r}")
-    try:
-        return parse_input_spec(expect_output)
-    except InputSpecError as error:
-        raise InputSpecError(f"bad expected output size {shorten(expect_output)!r}: give sizes like H, HxW or 512x384 "
-                             "in the symbols of the input") from error
+    return parse_expected_output(expect_output)
 
 
 def _parse_max_shift(max_shift) -> Optional[float]:

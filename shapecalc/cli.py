@@ -379,9 +379,11 @@ def _add_check(subparsers) -> None:
 
 
 def _check(args) -> int:
-    from .specs import parse_input_spec, parse_model_args
+    from .specs import parse_expected_output, parse_input_spec, parse_model_args
 
     spec = parse_input_spec(args.input)
+    if args.expect_output is not None:
+        parse_expected_output(args.expect_output)  # its spelling fails before torch loads, too
     model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")

@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from ._errors import TraceError
+from ._without_dynamo import dynamo_not_loaded
 
 #: tried in order until the module runs at two of them: non-square first (a
 #: trace that swaps axes shows), then the sizes that stride-32 nets and nets
@@ -80,7 +81,8 @@ def check_trace(model: nn.Module, graph_module: torch.fx.GraphModule, shapes: Se
     module runs."""
     device = _device_of(model)
     run = _on_meta if device == "meta" else _on_meta_swapped
-    result = _compare(model, graph_module, shapes, wanted, run, "meta")
+    with dynamo_not_loaded():  # the meta kernels' first calls would import it: 1.5 s of a 4 s CLI run
+        result = _compare(model, graph_module, shapes, wanted, run, "meta")
     if not result.checked and device != "meta":
         # the module needs its real tensors (a buffer made in forward, a CPU
         # constant): compare real forward passes, at the smallest sizes only

@@ -99,6 +99,15 @@ def parse_input_spec(text: str) -> InputSpec:
     return InputSpec(cleaned, tuple(sizes))
 
 
+def parse_expected_output(text: str) -> InputSpec:
+    """``--expect-output``: spelled like an input spec, in the input's symbols."""
+    try:
+        return parse_input_spec(text)
+    except InputSpecError as error:
+        raise InputSpecError(f"bad expected output size {shorten(text)!r}: give sizes like H, HxW or 512x384 "
+                             "in the symbols of the input") from error
+
+
 def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs: ints, floats, true/false/none, else strings (no
     eval).  A key given twice is an error: silently keeping one of them would
