@@ -19,6 +19,7 @@ _EXPORTS = {
     "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
     "Cost": ".cost", "LayerCost": ".cost", "cost": ".cost",
     "PeriodicSet": ".domain",
+    "sizes_report": ".sizes", "explain_failure": ".sizes", "SizesReport": ".sizes", "SizeFailure": ".sizes",
     "ExportSpec": ".export_spec", "export_spec": ".export_spec",
     "CropAlignment": ".geometry", "MergeAlignment": ".geometry", "ResampleAlignment": ".resampling",
     "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .analysis import Analysis, Layer, analyze
     from .cost import Cost, LayerCost, cost
     from .domain import PeriodicSet
+    from .sizes import SizeFailure, SizesReport, explain_failure, sizes_report
     from .export_spec import ExportSpec, export_spec
     from .extend import (RuleContext, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
                          window_geometry, with_spatial_sizes)

@@ -82,7 +82,7 @@ def test_narrow_model_keeps_one_table():
             return x + self.up(self.down(x))
 
     text = rendered(shapecalc.analyze(Skip(), "H"), 100)
-    assert text.count("┏") == 2  # the layer table and the merges table, nothing folded
+    assert text.count("┏") == 3  # the layer, merges and excluded-sizes tables, nothing folded
     assert "│ up    │ ConvTranspose2d │ k2 s2    │ 2*ceiling(H/2) │ 1      │ -1/2   │ 3  │" in text
 
 
