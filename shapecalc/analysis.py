@@ -132,59 +132,11 @@ def _op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def _tuple_text(values) -> str:
-    values = tuple(values)
-    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
-
-
 def _params(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
-    """The parameters that move sizes, in a short form: ``k3 s2 p1 d2 ceil``."""
-    if node.op == "call_module":
-        m = graph_module.get_submodule(node.target)
-        parts = []
-        for attribute, prefix, default in (("kernel_size", "k", None), ("stride", "s", 1), ("padding", "p", 0),
-                                           ("dilation", "d", 1), ("output_padding", "op", 0)):
-            value = getattr(m, attribute, None)
-            if value is None:
-                continue
-            values = value if isinstance(value, tuple) else (value,)
-            if isinstance(value, str):
-                parts.append(f"{prefix}={value}")
-            elif attribute == "kernel_size" or any(v != default for v in values):
-                parts.append(f"{prefix}{_tuple_text(values)}")
-        if getattr(m, "ceil_mode", False):
-            parts.append("ceil")
-        if isinstance(m, nn.Upsample):
-            parts.append(m.mode + (f" x{m.scale_factor}" if m.scale_factor else f" size={m.size}"))
-        if hasattr(m, "output_size") and not isinstance(m, nn.Upsample):
-            parts.append(f"out={m.output_size}")
-        return " ".join(parts)
-    if node.op == "call_function" and getattr(node.target, "__name__", "") == "interpolate":
-        kwargs = node.kwargs
-        mode = kwargs.get("mode", "nearest")
-        text = f"{mode}"
-        if kwargs.get("align_corners"):
-            text += " align_corners"
-        if kwargs.get("scale_factor") is not None:
-            text += f" x{kwargs['scale_factor']}"
-        return text
-    if node.op == "call_function" and getattr(node.target, "__name__", "") == "getitem":
-        index = node.args[1]
-        items = index if isinstance(index, tuple) else (index,)
-        return "[" + ", ".join(_slice_text(i) for i in items) + "]"
-    return ""
-
-
-def _slice_text(item) -> str:
-    if isinstance(item, slice):
-        def bound(b):
-            if b is None:
-                return ""
-            return b.name if isinstance(b, torch.fx.Node) else str(b)
-        return f"{bound(item.start)}:{bound(item.stop)}" + (f":{item.step}" if item.step not in (None, 1) else "")
-    if isinstance(item, torch.fx.Node):
-        return item.name
-    return "..." if item is Ellipsis else str(item)
+    """The params column: what the node's rule shows of its parameters
+    (``k3 s2 p1 d2 ceil``, ``bilinear x2``, ``[:, :, 1:5]``)."""
+    found = rules.node_rule(node, graph_module)
+    return found.params_text(node, graph_module) if found is not None else ""
 
 
 def _outputs(value) -> dict[str, SymbolicTensor]:

@@ -24,16 +24,12 @@ from typing import Optional
 import sympy
 import torch.fx
 
+from . import rules
 from ._errors import DomainError
 from .domain import MAX_PERIOD, Domain, PeriodicSet, condition_set, period_of
 from .propagate import META_KEY, CropRecord
 from .symbolic import FloorDiv, as_expr, evaluate, format_expr
 from .tensors import IDENTITY, AxisGeometry, SymbolicTensor
-
-#: ops that combine two or more tensors position by position
-MERGE_TARGETS = {"add", "sub", "mul", "truediv", "cat", "concat", "concatenate", "stack", "maximum", "minimum",
-                 "__add__", "__radd__", "__sub__", "__mul__", "div"}
-
 
 @dataclass(frozen=True)
 class CropAlignment:
@@ -46,10 +42,6 @@ class CropAlignment:
     required: tuple               # per spatial axis; None where undetermined
     aligned: Optional[bool]
     counterexample: Optional[dict]
-
-
-def _target_name(node: torch.fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _tensor_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -66,8 +58,19 @@ def _tensor_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
     return found
 
 
+def merge_kind(node: torch.fx.Node) -> Optional[str]:
+    """How ``node`` combines two or more tensors position by position (its
+    rule's ``merge``: broadcast, concat, stack), or None."""
+    if node.op not in ("call_function", "call_method", "call_module"):
+        return None
+    found = rules.node_rule(node, node.graph.owning_module)
+    if found is None or found.merge is None or len(_tensor_inputs(node)) < 2:
+        return None
+    return found.merge
+
+
 def is_merge(node: torch.fx.Node) -> bool:
-    return node.op in ("call_function", "call_method") and _target_name(node) in MERGE_TARGETS and len(_tensor_inputs(node)) >= 2
+    return merge_kind(node) is not None
 
 
 def _downstream_merge(node: torch.fx.Node) -> tuple[Optional[torch.fx.Node], Optional[torch.fx.Node]]:
@@ -481,8 +484,9 @@ def merge_alignments(graph_module: torch.fx.GraphModule, domain: Domain) -> list
         if len(inputs) < 2:
             continue
         concat_axis = None
-        if _target_name(node) in ("cat", "concat", "concatenate"):
-            dim = node.kwargs.get("dim", node.kwargs.get("axis", node.args[1] if len(node.args) > 1 else 0))
+        if merge_kind(node) == "concat":
+            arguments = rules.bound_arguments(node, graph_module)
+            dim = arguments["axis"] if arguments.get("axis") is not None else arguments.get("dim", 0)
             first = inputs[0].meta[META_KEY]
             concat_axis = first.ndim - first.axis(dim) if isinstance(dim, int) else None
         results.append(_merge_alignment(node, inputs, value, concat_axis, domain))

@@ -26,24 +26,21 @@ position to get wrong: they are exact by nature.
 
 from __future__ import annotations
 
-import inspect
-import operator
 from dataclasses import dataclass, field
 from typing import Optional
 
 import sympy
 import torch.fx
-import torch.nn as nn
-import torch.nn.functional as F
 
+from . import rules
 from .domain import Domain
 from .geometry import _downstream_merge, _tensor_inputs, aligned_sizes, decide, largest, magnitude, zero_condition
 from .propagate import META_KEY
 from .receptive import INDEX, increment
+from .rules import LINEAR_MODES, Sampling
 from .symbolic import as_expr, ceildiv, floordiv
 from .tensors import IDENTITY, AxisGeometry, SymbolicTensor
 
-LINEAR_MODES = ("linear", "bilinear", "trilinear", "bicubic")
 #: outputs up to this many pixels are checked pixel by pixel when the sampling is a staircase
 ENUMERATE_LIMIT = 4096
 #: with a symbolic source size every output pixel's shift is a symbolic
@@ -51,15 +48,6 @@ ENUMERATE_LIMIT = 4096
 #: many pixels the shift is reported as not decided rather than taking minutes
 SYMBOLIC_ENUMERATE_LIMIT = 8
 
-_ADAPTIVE_MODULES = {
-    nn.AdaptiveAvgPool1d: "adaptive_avg", nn.AdaptiveAvgPool2d: "adaptive_avg", nn.AdaptiveAvgPool3d: "adaptive_avg",
-    nn.AdaptiveMaxPool1d: "adaptive_max", nn.AdaptiveMaxPool2d: "adaptive_max", nn.AdaptiveMaxPool3d: "adaptive_max",
-}
-_ADAPTIVE_FUNCTIONS = {
-    F.adaptive_avg_pool1d: "adaptive_avg", F.adaptive_avg_pool2d: "adaptive_avg", F.adaptive_avg_pool3d: "adaptive_avg",
-    F.adaptive_max_pool1d: "adaptive_max", F.adaptive_max_pool2d: "adaptive_max", F.adaptive_max_pool3d: "adaptive_max",
-}
-_INTERPOLATE_SIGNATURE = inspect.signature(F.interpolate)
 
 
 @dataclass(frozen=True)
@@ -86,68 +74,19 @@ class ResampleAlignment:
     conditions: tuple = field(default=(), repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class _Call:
-    mode: str
-    align_corners: Optional[bool]
-    scale_factors: Optional[tuple]   # per axis, when passed and used by PyTorch's source index
-    size_source: Optional[torch.fx.Node]
-
-
-def _per_axis(value, count: int) -> tuple:
-    if isinstance(value, (list, tuple)):
-        return tuple(value) if len(value) == count else tuple(value) * count
-    return (value,) * count
-
-
-def _size_source(arg) -> Optional[torch.fx.Node]:
-    """The tensor whose ``.shape``/``.size()`` an interpolate ``size=`` came from."""
-    if isinstance(arg, (list, tuple)):
-        sources = {_size_source(a) for a in arg}
-        return sources.pop() if len(sources) == 1 else None
-    if not isinstance(arg, torch.fx.Node):
+def _call(node: torch.fx.Node, graph_module: torch.fx.GraphModule, count: int) -> Optional[Sampling]:
+    """How ``node`` samples its source, as its rule's ``resample`` says (None: not a resampler)."""
+    found = rules.node_rule(node, graph_module)
+    if found is None or found.resample is None:
         return None
-    if arg.op == "call_function" and arg.target is operator.getitem:
-        return _size_source(arg.args[0])
-    if arg.op == "call_function" and arg.target is getattr and arg.args[1:2] == ("shape",):
-        return arg.args[0]
-    if arg.op == "call_method" and arg.target == "size":
-        return arg.args[0]
-    return None
-
-
-def _call(node: torch.fx.Node, graph_module: torch.fx.GraphModule, count: int) -> Optional[_Call]:
-    if node.op == "call_module":
-        module = graph_module.get_submodule(node.target)
-        for cls, mode in _ADAPTIVE_MODULES.items():
-            if isinstance(module, cls):
-                return _Call(mode, None, None, None)
-        if isinstance(module, nn.Upsample):
-            factors = None
-            if module.scale_factor is not None and not getattr(module, "recompute_scale_factor", None):
-                factors = _per_axis(module.scale_factor, count)
-            return _Call(module.mode, bool(module.align_corners) if module.mode in LINEAR_MODES else None, factors, None)
-        return None
-    if node.op != "call_function":
-        return None
-    if node.target in _ADAPTIVE_FUNCTIONS:
-        return _Call(_ADAPTIVE_FUNCTIONS[node.target], None, None, None)
-    if node.target in (F.interpolate, F.upsample):
-        bound = _INTERPOLATE_SIGNATURE.bind(*node.args, **node.kwargs).arguments
-        mode = bound.get("mode", "nearest")
-        factors = None
-        if bound.get("scale_factor") is not None and not bound.get("recompute_scale_factor"):
-            factors = _per_axis(bound["scale_factor"], count)
-        corners = bool(bound.get("align_corners")) if mode in LINEAR_MODES else None
-        return _Call(mode, corners, factors, _size_source(bound.get("size")))
-    return None
+    return found.resample(node, graph_module, count)
 
 
 def _by_right(tensor: SymbolicTensor) -> dict:
     return {tensor.ndim - a: g for a, g in zip(tensor.spatial, tensor.geometry)}
 
 
-def _reference(node, call: _Call, value: SymbolicTensor, graph_module) -> tuple[Optional[str], list]:
+def _reference(node, call: Sampling, value: SymbolicTensor, graph_module) -> tuple[Optional[str], list]:
     """The grid the output should sit on: (name, per-axis geometry or None)."""
     axes = [value.ndim - a for a in value.spatial]
 
@@ -180,6 +119,8 @@ def resample_alignments(graph_module: torch.fx.GraphModule, domain: Domain) -> l
     results = []
     for node in graph_module.graph.nodes:
         value = node.meta.get(META_KEY)
+        if isinstance(value, tuple) and value and isinstance(value[0], SymbolicTensor):
+            value = value[0]  # an adaptive max pool with its indices: the values are what is sampled
         if not isinstance(value, SymbolicTensor) or not value.spatial or not node.args:
             continue
         source = node.args[0].meta.get(META_KEY) if isinstance(node.args[0], torch.fx.Node) else None
@@ -192,7 +133,7 @@ def resample_alignments(graph_module: torch.fx.GraphModule, domain: Domain) -> l
     return results
 
 
-def _audit(node, call: _Call, source: SymbolicTensor, value: SymbolicTensor, graph_module, domain: Domain):
+def _audit(node, call: Sampling, source: SymbolicTensor, value: SymbolicTensor, graph_module, domain: Domain):
     reference_name, references = _reference(node, call, value, graph_module)
     source_geometry = _by_right(source)
     source_sizes = {source.ndim - a: n for a, n in zip(source.spatial, source.spatial_sizes)}
@@ -236,7 +177,7 @@ def _audit(node, call: _Call, source: SymbolicTensor, value: SymbolicTensor, gra
                              tuple(conditions))
 
 
-def _axis_shift(call: _Call, g: AxisGeometry, n, out, factor, reference: Optional[AxisGeometry], domain: Domain):
+def _axis_shift(call: Sampling, g: AxisGeometry, n, out, factor, reference: Optional[AxisGeometry], domain: Domain):
     """(largest shift, conditions for exactness, reason when undecided, shift of pixel INDEX)."""
     mode = call.mode
     ratio = sympy.Integer(1) / as_expr(factor) if factor is not None else n / out  # source pixels per output pixel

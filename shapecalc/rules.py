@@ -1023,6 +1023,11 @@ def attribute(ctx, obj, name, *default):
             return obj.ndim
         if name in ("dtype", "device"):
             return Untracked(f"a tensor's .{name}")
+        if name in ("mT", "mH"):
+            if obj.ndim < 2:
+                ctx.require(sympy.false, f"tensor.{name} is only supported on matrices or batches of matrices. "
+                                         f"Got {obj.ndim}-D tensor.")
+            return _moved(obj, [*range(obj.ndim - 2), obj.ndim - 1, obj.ndim - 2])
         raise UnsupportedOpError(f"tensor attribute .{name}")
     if isinstance(obj, tuple) and len(obj) == 2 and name in ("values", "indices"):
         # torch's (values, indices) named tuples (max, min, sort, ...)

@@ -442,13 +442,17 @@ def trace_notes(graph_module: torch.fx.GraphModule) -> list[str]:
 
 
 def spatial_dimensions_and_channels(graph_module: torch.fx.GraphModule) -> tuple[int | None, int | None]:
-    """From the first layer that consumes the input: its number of spatial
-    axes and its input channels (None when nothing says)."""
+    """What the layers that consume the input say, as their rules tell it:
+    the number of spatial axes (the first rule that knows its rank) and the
+    input channels (the first layer that reads the channels).  Only ops whose
+    rule keeps the channel axis as it is are followed: a later layer (after a
+    stem conv, or reached through ``x.shape``) says nothing about the input."""
+    from . import rules
+
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     if not placeholders:
         return None, None
     frontier, seen = [placeholders[0]], set()
-    # MaxPool1d, BatchNorm3d, F.max_pool1d...: the name says how many spatial axes
     dims = None
     while frontier:
         node = frontier.pop(0)
@@ -456,20 +460,21 @@ def spatial_dimensions_and_channels(graph_module: torch.fx.GraphModule) -> tuple
             if user in seen:
                 continue
             seen.add(user)
-            named = type(graph_module.get_submodule(user.target)).__name__ if user.op == "call_module" \
-                else str(getattr(user.target, "__name__", ""))
-            if dims is None and named[-2:] in ("1d", "2d", "3d"):
-                dims = int(named[-2])
-            if user.op == "call_module":
-                module = graph_module.get_submodule(user.target)
-                kernel = getattr(module, "kernel_size", None)
-                channels = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
-                if kernel is not None and channels is not None:
-                    nd = len(kernel) if isinstance(kernel, tuple) else dims
-                    return nd, channels
-                if channels is not None:
-                    return dims, channels
-            frontier.append(user)
+            found = rules.node_rule(user, graph_module)
+            if found is None:
+                continue
+            subject = graph_module.get_submodule(user.target) if user.op == "call_module" else user
+            if dims is None:
+                dims = found.rank_of(subject)
+            channels = None
+            if isinstance(found.channels, str):
+                channels = getattr(subject, found.channels, None)
+            elif found.channels is not None:
+                channels = found.channels(user, graph_module)
+            if channels is not None:
+                return dims if dims is not None else found.rank_of(subject), channels
+            if any(a is node for a in user.args[:2]) and found.keeps_channels_of(user):
+                frontier.append(user)
     return dims, None
 
 
