@@ -17,6 +17,7 @@ cross-checked against real forward passes in ``tests/test_rules.py``.
 from __future__ import annotations
 
 import builtins
+import inspect
 import math
 import operator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import sympy
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -47,24 +49,78 @@ class RuleContext(Protocol):
     def record_crop(self, source, result, offsets) -> None: ...
 
 
+#: merge kinds: how a rule combines two or more positioned tensors
+#: ("broadcast": position by position after broadcasting, as add or maximum;
+#: "concat": side by side along ``dim``, aligned on the other axes;
+#: "stack": along a new axis, aligned on all of them)
+MERGE_KINDS = ("broadcast", "concat", "stack")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a resampling op reads its source (PyTorch's source index): the
+    mode (nearest, bilinear, ..., area, adaptive_avg, adaptive_max), the
+    corners convention, the scale factors PyTorch's source index uses (when
+    passed and not recomputed) and the node whose ``.shape`` gave ``size=``."""
+
+    mode: str
+    align_corners: Optional[bool] = None
+    scale_factors: Optional[tuple] = None
+    size_source: Any = None   # a torch.fx.Node or None
+
+
 @dataclass(frozen=True)
 class Rule:
+    """A size rule and what the rest of shapecalc needs to know about its op.
+
+    ``merge``: None or a :data:`MERGE_KINDS` entry (the merge audit checks
+    where the inputs' pixels sit).  ``resample``: ``(node, graph_module,
+    spatial_count) -> Sampling | None`` (the resampling audit).  ``params``:
+    ``(node, graph_module) -> str``, the params column.  ``spatial_rank``: an
+    int or ``(module_or_node) -> int | None``, how many spatial axes the op
+    works on.  ``channels``: the module attribute holding the input channels,
+    or ``(node, graph_module) -> int | None``.  ``keeps_channels``: the op
+    leaves the channel axis as it is (what input-channel inference follows),
+    or ``(node) -> bool``."""
+
     name: str
     function: Callable[..., Any]
+    merge: Optional[str] = None
+    resample: Optional[Callable[..., Optional[Sampling]]] = None
+    params: Optional[Callable[..., str]] = None
+    spatial_rank: Any = None
+    channels: Any = None
+    keeps_channels: Any = False
+
+    def keeps_channels_of(self, node) -> bool:
+        return bool(self.keeps_channels(node) if callable(self.keeps_channels) else self.keeps_channels)
+
+    def rank_of(self, module_or_node) -> Optional[int]:
+        if callable(self.spatial_rank):
+            return self.spatial_rank(module_or_node)
+        return self.spatial_rank
+
+    def params_text(self, node, graph_module) -> str:
+        return self.params(node, graph_module) if self.params is not None else ""
 
 
 RULES: dict[Any, Rule] = {}
 
 
-def rule(*keys):
+def rule(*keys, merge: Optional[str] = None, resample=None, params=None, spatial_rank=None, channels=None,
+         keeps_channels=False):
     """Register ``function`` as the size rule of every key (module class,
-    function, or method name)."""
+    function, or method name), with what the rest of shapecalc needs to know
+    about the op (see :class:`Rule`)."""
+    if merge is not None and merge not in MERGE_KINDS:
+        raise ValueError(f"merge={merge!r}: use one of {MERGE_KINDS}")
 
     def register(function):
         for key in dict.fromkeys(keys):  # F.conv2d is torch.conv2d: one key
             if key in RULES:
                 raise ValueError(f"two rules for {key!r}")
-            RULES[key] = Rule(function.__name__, function)
+            RULES[key] = Rule(function.__name__, function, merge, resample, params, spatial_rank, channels,
+                              keeps_channels)
         return function
 
     return register
@@ -99,6 +155,21 @@ class QualifiedName:
 def _qualified(target) -> Optional[QualifiedName]:
     module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
     return QualifiedName(f"{module}.{name}") if isinstance(module, str) and isinstance(name, str) else None
+
+
+def node_rule(node, graph_module) -> Optional[Rule]:
+    """The rule of an fx node (None for placeholders, outputs, unknown ops)."""
+    if node.op == "call_module":
+        return lookup(node.op, graph_module.get_submodule(node.target))
+    if node.op in ("call_function", "call_method"):
+        return lookup(node.op, node.target)
+    return None
+
+
+def registered_class(module: nn.Module):
+    """The class a module's rule was registered for (a MaxPool2d subclass:
+    nn.MaxPool2d)."""
+    return next((cls for cls in type(module).__mro__ if cls in RULES or _qualified(cls) in RULES), None)
 
 
 def key_name(key) -> str:
@@ -172,6 +243,208 @@ def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> 
 
 
 # ---------------------------------------------------------------------------
+# what a rule tells the rest of shapecalc: spatial rank, params text, sampling
+
+
+def _target_of(module_or_node):
+    """The registered key behind a module or an fx node: a module's
+    registered class (never a subclass), a function node's function."""
+    if isinstance(module_or_node, nn.Module):
+        return registered_class(module_or_node)
+    return getattr(module_or_node, "target", None)
+
+
+def _numbered(module_or_node) -> Optional[int]:
+    """The spatial rank torch's own name gives the registered key
+    (nn.MaxPool2d, F.avg_pool3d, nn.Dropout1d); a subclass is ranked by the
+    class it derives from, whatever it is called."""
+    name = getattr(_target_of(module_or_node), "__name__", "")
+    return int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else None
+
+
+def _kernel_rank(module: nn.Module) -> int:
+    return len(module.kernel_size)
+
+
+def _module_rank(module: nn.Module) -> int:
+    """What a module's rule says its spatial rank is."""
+    rank = lookup("call_module", module).rank_of(module)
+    if rank is None:
+        raise UnsupportedOpError(f"{type(module).__name__}: no spatial rank")
+    return rank
+
+
+def _graph_value(graph_module, node):
+    """The tensor a ``get_attr`` node reads (a parameter or buffer), else None."""
+    if getattr(node, "op", None) != "get_attr":
+        return None
+    value = graph_module
+    for part in str(node.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def bound_arguments(node, graph_module=None) -> dict:
+    """A function or method node's arguments by the names of its rule's
+    parameters (``{"x": ..., "kernel_size": 3, "stride": None, ...}``)."""
+    found = node_rule(node, graph_module) if graph_module is not None or node.op != "call_module" else None
+    if found is None:
+        return {}
+    try:
+        bound = inspect.signature(found.function).bind(None, *node.args, **node.kwargs)
+    except TypeError:
+        return {}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _tuple_text(values) -> str:
+    values = tuple(values)
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+_WINDOW_PARAMETERS = (("kernel_size", "k", None), ("stride", "s", 1), ("padding", "p", 0), ("dilation", "d", 1),
+                      ("output_padding", "op", 0))
+
+
+def _window_params(node, graph_module) -> str:
+    """The window parameters that move sizes, short: ``k3 s2 p1 d2 ceil``."""
+    if node.op == "call_module":
+        module = graph_module.get_submodule(node.target)
+        values = {name: getattr(module, name, None) for name, _, _ in _WINDOW_PARAMETERS}
+        values["ceil_mode"] = getattr(module, "ceil_mode", False)
+    else:
+        values = bound_arguments(node, graph_module)
+        weight = _graph_value(graph_module, values.get("weight"))
+        if weight is not None and weight.ndim > 2:  # a functional conv's kernel is its weight's shape
+            values["kernel_size"] = tuple(weight.shape[2:])
+    parts = []
+    for name, prefix, default in _WINDOW_PARAMETERS:
+        value = values.get(name)
+        if value is None or isinstance(value, torch.fx.Node) or value in ([], ()):
+            continue
+        if isinstance(value, str):
+            parts.append(f"{prefix}={value}")
+            continue
+        items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, torch.fx.Node) for v in items):
+            continue
+        if name == "kernel_size" or any(v != default for v in items):
+            parts.append(f"{prefix}{_tuple_text(items)}")
+    if values.get("ceil_mode") is True:
+        parts.append("ceil")
+    return " ".join(parts)
+
+
+def _adaptive_params(node, graph_module) -> str:
+    if node.op == "call_module":
+        output_size = graph_module.get_submodule(node.target).output_size
+    else:
+        output_size = bound_arguments(node, graph_module).get("output_size")
+    return f"out={output_size}"
+
+
+LINEAR_MODES = ("linear", "bilinear", "trilinear", "bicubic")
+
+
+def _interpolation_params(node, graph_module) -> str:
+    if node.op == "call_module":
+        m = graph_module.get_submodule(node.target)
+        return m.mode + (f" x{m.scale_factor}" if m.scale_factor else f" size={m.size}")
+    arguments = bound_arguments(node, graph_module)
+    text = str(arguments.get("mode", "nearest"))
+    if arguments.get("align_corners"):
+        text += " align_corners"
+    if arguments.get("scale_factor") is not None:
+        text += f" x{arguments['scale_factor']}"
+    return text
+
+
+def _per_axis_factors(value, count: int) -> tuple:
+    if isinstance(value, (list, tuple)):
+        return tuple(value) if len(value) == count else tuple(value) * count
+    return (value,) * count
+
+
+def _size_source(arg):
+    """The tensor whose ``.shape``/``.size()`` an interpolate ``size=`` came from."""
+    if isinstance(arg, (list, tuple)):
+        sources = {_size_source(a) for a in arg}
+        return sources.pop() if len(sources) == 1 else None
+    if not isinstance(arg, torch.fx.Node):
+        return None
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        return _size_source(arg.args[0])
+    if arg.op == "call_function" and arg.target is getattr and arg.args[1:2] == ("shape",):
+        return arg.args[0]
+    if arg.op == "call_method" and arg.target == "size":
+        return arg.args[0]
+    return None
+
+
+def _interpolation_sampling(node, graph_module, count: int) -> Sampling:
+    if node.op == "call_module":
+        m = graph_module.get_submodule(node.target)
+        mode, corners, factor, recompute, size = m.mode, m.align_corners, m.scale_factor, \
+            getattr(m, "recompute_scale_factor", None), None
+    else:
+        arguments = bound_arguments(node, graph_module)
+        mode, corners, factor = arguments.get("mode", "nearest"), arguments.get("align_corners"), arguments.get("scale_factor")
+        recompute, size = arguments.get("recompute_scale_factor"), arguments.get("size")
+    # PyTorch's source index uses a passed factor unless told to recompute it
+    factors = _per_axis_factors(factor, count) if factor is not None and not recompute else None
+    return Sampling(mode, bool(corners) if mode in LINEAR_MODES else None, factors, _size_source(size))
+
+
+def _adaptive_sampling(node, graph_module, count: int) -> Sampling:
+    if node.op == "call_module":
+        average = isinstance(graph_module.get_submodule(node.target), _ADAPTIVE_AVERAGE_MODULES)
+    else:
+        average = lookup(node.op, node.target).name == "functional_adaptive_average_pooling"
+    return Sampling("adaptive_avg" if average else "adaptive_max")
+
+
+_ADAPTIVE_AVERAGE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _functional_conv_rank(node) -> Optional[int]:
+    arguments = bound_arguments(node)
+    weight = _graph_value(node.graph.owning_module, arguments.get("weight"))
+    return weight.ndim - 2 if weight is not None else _numbered(node)
+
+
+def _functional_conv_channels(node, graph_module) -> Optional[int]:
+    arguments = bound_arguments(node, graph_module)
+    weight = _graph_value(graph_module, arguments.get("weight"))
+    groups = arguments.get("groups", 1)
+    return int(weight.shape[1]) * groups if weight is not None and isinstance(groups, int) else None
+
+
+def _index_keeps_channels(node) -> bool:
+    """``x[:, :, a:b]``: an index that takes every batch and channel entry."""
+    index = node.args[1] if len(node.args) > 1 else None
+    return isinstance(index, tuple) and len(index) >= 2 and all(i == slice(None) for i in index[:2])
+
+
+def _slice_params(node, graph_module) -> str:
+    index = node.args[1] if len(node.args) > 1 else None
+    items = index if isinstance(index, tuple) else (index,)
+    return "[" + ", ".join(_slice_text(i) for i in items) + "]"
+
+
+def _slice_text(item) -> str:
+    if isinstance(item, slice):
+        def bound(b):
+            if b is None:
+                return ""
+            return b.name if isinstance(b, torch.fx.Node) else str(b)
+        return f"{bound(item.start)}:{bound(item.stop)}" + (f":{item.step}" if item.step not in (None, 1) else "")
+    if isinstance(item, torch.fx.Node):
+        return item.name
+    return "..." if item is Ellipsis else str(item)
+
+
+# ---------------------------------------------------------------------------
 # convolutions
 
 
@@ -208,7 +481,7 @@ def _conv(ctx, x: SymbolicTensor, nd: int, out_channels: int, kernel, stride, pa
     return SymbolicTensor(tuple(shape), x.spatial, ()).with_spatial(sizes, geometry)
 
 
-@rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, params=_window_params, spatial_rank=_kernel_rank, channels="in_channels")
 def convolution(ctx, x, *args, **kwargs):
     m = ctx.module
     x = _expect_tensor(x, type(m).__name__)
@@ -217,7 +490,8 @@ def convolution(ctx, x, *args, **kwargs):
     return _conv(ctx, x, nd, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.padding_mode)
 
 
-@rule(F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+@rule(F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, params=_window_params,
+      spatial_rank=_functional_conv_rank, channels=_functional_conv_channels)
 def functional_convolution(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x, weight = _expect_tensor(x, "conv"), _expect_tensor(weight, "conv weight")
     nd = weight.ndim - 2
@@ -240,7 +514,8 @@ def _transposed_axis(g: Optional[AxisGeometry], k: int, s: int, p: int, d: int):
                           receptive.transposed_window(g.window, k, s, p, d))
 
 
-@rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, params=_window_params, spatial_rank=_kernel_rank,
+      channels="in_channels")
 def transposed_convolution(ctx, x, output_size=None):
     m = ctx.module
     if output_size is not None:
@@ -304,17 +579,17 @@ def _with_indices(values: SymbolicTensor, return_indices: bool):
     return (values, values) if return_indices else values
 
 
-@rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+@rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def max_pooling(ctx, x):
     m = ctx.module
-    nd = int(type(m).__name__[-2])
+    nd = _module_rank(m)
     return _with_indices(_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), m.return_indices)
 
 
-@rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+@rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def average_pooling(ctx, x):
     m = ctx.module
-    nd = int(type(m).__name__[-2])
+    nd = _module_rank(m)
     return _average_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.ceil_mode)
 
 
@@ -328,7 +603,8 @@ def _average_pool(ctx, x, nd: int, kernel, stride, padding, ceil_mode: bool):
     return _pool(ctx, x, nd, kernel, stride, padding, 1, ceil_mode)
 
 
-@rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)
+@rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, params=_window_params,
+      spatial_rank=_numbered, keeps_channels=True)
 def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     x = _expect_tensor(x, "max_pool")
     return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), return_indices)
@@ -336,13 +612,14 @@ def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation
 
 # F.max_pool2d(..., return_indices=True) is traced as these; they return
 # (values, indices) whatever return_indices says.
-@rule(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices)
+@rule(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices, params=_window_params,
+      spatial_rank=_numbered, keeps_channels=True)
 def max_pooling_with_indices(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     x = _expect_tensor(x, "max_pool")
     return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), True)
 
 
-@rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+@rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def functional_average_pooling(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     x = _expect_tensor(x, "avg_pool")
     return _average_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, ceil_mode)
@@ -407,21 +684,25 @@ def _adaptive(ctx, x: SymbolicTensor, nd: int, output_size, average: bool = Fals
     return x.with_spatial(sizes, geometry)
 
 
-@rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_ADAPTIVE = dict(params=_adaptive_params, resample=_adaptive_sampling, spatial_rank=_numbered, keeps_channels=True)
+
+
+@rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+      nn.AdaptiveMaxPool3d, **_ADAPTIVE)
 def adaptive_pooling(ctx, x):
     m = ctx.module
-    pooled = _adaptive(ctx, x, int(type(m).__name__[-2]), m.output_size,
-                       average=type(m).__name__.startswith("AdaptiveAvg"))
+    pooled = _adaptive(ctx, x, _module_rank(m), m.output_size, average=isinstance(m, _ADAPTIVE_AVERAGE_MODULES))
     return _with_indices(pooled, getattr(m, "return_indices", False))
 
 
-@rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+@rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, **_ADAPTIVE)
 def functional_adaptive_pooling(ctx, x, output_size, return_indices=False):
     x = _expect_tensor(x, "adaptive pool")
     return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), return_indices)
 
 
-@rule(F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool3d_with_indices)
+@rule(F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool3d_with_indices,
+      **_ADAPTIVE)
 def adaptive_pooling_with_indices(ctx, x, output_size, return_indices=False):
     x = _expect_tensor(x, "adaptive pool")
     return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), True)
@@ -464,19 +745,19 @@ def _unpool(ctx, x, indices, nd: int, kernel, stride, padding, output_size):
     return x.with_spatial(sizes, geometry)
 
 
-@rule(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+@rule(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def max_unpooling(ctx, x, indices, output_size=None):
     m = ctx.module
-    return _unpool(ctx, x, indices, int(type(m).__name__[-2]), m.kernel_size, m.stride, m.padding, output_size)
+    return _unpool(ctx, x, indices, _module_rank(m), m.kernel_size, m.stride, m.padding, output_size)
 
 
-@rule(F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
+@rule(F.max_unpool1d, F.max_unpool2d, F.max_unpool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def functional_max_unpooling(ctx, x, indices, kernel_size, stride=None, padding=0, output_size=None):
     x = _expect_tensor(x, "max_unpool")
     return _unpool(ctx, x, indices, len(x.spatial), kernel_size, stride, padding, output_size)
 
 
-@rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+@rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, **_ADAPTIVE)
 def functional_adaptive_average_pooling(ctx, x, output_size):
     x = _expect_tensor(x, "adaptive pool")
     return _adaptive(ctx, x, len(x.spatial), output_size, average=True)
@@ -539,12 +820,12 @@ def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_cor
     return x.with_spatial(targets, geometry)
 
 
-@rule(F.interpolate, F.upsample)
+@rule(F.interpolate, F.upsample, params=_interpolation_params, resample=_interpolation_sampling, keeps_channels=True)
 def interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, antialias=False):
     return _interpolate(ctx, x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
 
 
-@rule(nn.Upsample)
+@rule(nn.Upsample, params=_interpolation_params, resample=_interpolation_sampling, keeps_channels=True)
 def upsample(ctx, x):
     m = ctx.module
     return _interpolate(ctx, x, m.size, m.scale_factor, m.mode, m.align_corners, getattr(m, "recompute_scale_factor", None))
@@ -692,17 +973,18 @@ def _circular_overlaps(ctx, shape, axes, pads, outputs) -> None:
                     "(torch refuses overlapping copies)")
 
 
-@rule(F.pad)
+@rule(F.pad, params=_window_params)
 def functional_pad(ctx, x, pad, mode="constant", value=None):
     return _pad(ctx, x, pad, mode)
 
 
 @rule(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
       nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
-      nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+      nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d, params=_window_params,
+      spatial_rank=_numbered, keeps_channels=True)
 def padding_module(ctx, x):
     m = ctx.module
-    name = type(m).__name__
+    name = registered_class(m).__name__  # a subclass pads as the class it derives from
     mode = "reflect" if name.startswith("Reflection") else "replicate" if name.startswith("Replication") else "circular" if name.startswith("Circular") else "constant"
     return _pad(ctx, x, m.padding, mode)
 
@@ -728,12 +1010,12 @@ _POINTWISE_METHODS = (
 )
 
 
-@rule(*_POINTWISE_MODULES, *_POINTWISE_FUNCTIONS, *_POINTWISE_METHODS)
+@rule(*_POINTWISE_MODULES, *_POINTWISE_FUNCTIONS, *_POINTWISE_METHODS, spatial_rank=_numbered, keeps_channels=True)
 def shape_preserving(ctx, x, *args, **kwargs):
     return x
 
 
-@rule(nn.LayerNorm, F.layer_norm)
+@rule(nn.LayerNorm, F.layer_norm, keeps_channels=True)
 def layer_norm(ctx, x, normalized_shape=None, *args, **kwargs):
     x = _expect_tensor(x, "layer_norm")
     shape = ctx.module.normalized_shape if ctx.module is not None else normalized_shape
@@ -745,7 +1027,7 @@ def layer_norm(ctx, x, normalized_shape=None, *args, **kwargs):
     return x
 
 
-@rule(nn.GroupNorm, F.group_norm)
+@rule(nn.GroupNorm, F.group_norm, channels="num_channels", keeps_channels=True)
 def group_norm(ctx, x, num_groups=None, *args, **kwargs):
     x = _expect_tensor(x, "group_norm")
     if ctx.module is not None:
@@ -758,7 +1040,7 @@ def group_norm(ctx, x, num_groups=None, *args, **kwargs):
     return x
 
 
-@rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.instance_norm)
+@rule(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.instance_norm, spatial_rank=_numbered, keeps_channels=True)
 def instance_norm(ctx, x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   *args, **kwargs):
     x = _expect_tensor(x, "instance_norm")
@@ -772,7 +1054,8 @@ def instance_norm(ctx, x, running_mean=None, running_var=None, weight=None, bias
     return x
 
 
-@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, spatial_rank=_numbered, channels="num_features",
+      keeps_channels=True)
 def batch_norm(ctx, x):
     m = ctx.module
     x = _expect_tensor(x, type(m).__name__)
@@ -784,7 +1067,7 @@ def batch_norm(ctx, x):
     return x
 
 
-@rule(F.batch_norm)
+@rule(F.batch_norm, keeps_channels=True)
 def functional_batch_norm(ctx, x, *args, **kwargs):
     return _expect_tensor(x, "batch_norm")
 
@@ -904,7 +1187,7 @@ def _scalar_or_tensor(ctx, op, a, b, python_op=None):
     return op(a, b)
 
 
-@rule(operator.add, torch.add, "add", "__add__", "__radd__")
+@rule(operator.add, torch.add, "add", "__add__", "__radd__", merge="broadcast", keeps_channels=True)
 def add(ctx, a, b, *, alpha=1, out=None):
     return _scalar_or_tensor(ctx, _add_sizes, a, b, operator.add)
 
@@ -915,12 +1198,12 @@ def _add_sizes(a, b):
     return as_expr(a) + as_expr(b) if not isinstance(a, float) and not isinstance(b, float) else a + b
 
 
-@rule(operator.sub, torch.sub, "sub", "__sub__", "__rsub__")
+@rule(operator.sub, torch.sub, "sub", "__sub__", "__rsub__", merge="broadcast", keeps_channels=True)
 def subtract(ctx, a, b, *, alpha=1, out=None):
     return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y), a, b, operator.sub)
 
 
-@rule(operator.mul, torch.mul, "mul", "__mul__", "__rmul__")
+@rule(operator.mul, torch.mul, "mul", "__mul__", "__rmul__", merge="broadcast", keeps_channels=True)
 def multiply(ctx, a, b, *, out=None):
     def times(x, y):
         if isinstance(x, (tuple, list)) and isinstance(y, int):
@@ -929,7 +1212,7 @@ def multiply(ctx, a, b, *, out=None):
     return _scalar_or_tensor(ctx, times, a, b, operator.mul)
 
 
-@rule(operator.truediv, torch.div, torch.true_divide, "div", "__truediv__")
+@rule(operator.truediv, torch.div, torch.true_divide, "div", "__truediv__", merge="broadcast", keeps_channels=True)
 def divide(ctx, a, b, *, rounding_mode=None, out=None):
     def ratio(x, y):
         if rounding_mode == "floor":
@@ -938,27 +1221,27 @@ def divide(ctx, a, b, *, rounding_mode=None, out=None):
     return _scalar_or_tensor(ctx, ratio, a, b, operator.floordiv if rounding_mode == "floor" else operator.truediv)
 
 
-@rule(operator.floordiv, "__floordiv__")
+@rule(operator.floordiv, "__floordiv__", merge="broadcast", keeps_channels=True)
 def floor_divide(ctx, a, b):
     return _scalar_or_tensor(ctx, floordiv, a, b, operator.floordiv)
 
 
-@rule(operator.mod)
+@rule(operator.mod, merge="broadcast", keeps_channels=True)
 def modulo(ctx, a, b):
     return _scalar_or_tensor(ctx, lambda x, y: as_expr(x) - as_expr(y) * floordiv(x, y), a, b, operator.mod)
 
 
-@rule(operator.neg)
+@rule(operator.neg, keeps_channels=True)
 def negate(ctx, a):
     return a if isinstance(a, SymbolicTensor) else -as_expr(a)
 
 
-@rule(torch.maximum, torch.minimum)
+@rule(torch.maximum, torch.minimum, merge="broadcast")
 def elementwise_pair(ctx, a, b, *, out=None):
     return elementwise(ctx, a, b)
 
 
-@rule(torch.cat, torch.concat, torch.concatenate)
+@rule(torch.cat, torch.concat, torch.concatenate, merge="concat")
 def concatenate(ctx, tensors, dim=0, *, axis=None, out=None):
     dim = axis if axis is not None else dim
     tensors = [_expect_tensor(t, "cat") for t in tensors]
@@ -982,7 +1265,7 @@ def concatenate(ctx, tensors, dim=0, *, axis=None, out=None):
     return SymbolicTensor(tuple(shape), first.spatial, tuple(geometry[a] for a in first.spatial))
 
 
-@rule(torch.stack)
+@rule(torch.stack, merge="stack")
 def stack(ctx, tensors, dim=0, *, out=None):
     tensors = [_expect_tensor(t, "stack") for t in tensors]
     merged = tensors[0]
@@ -1092,7 +1375,7 @@ def _slice_axis(ctx, n, geometry: Optional[AxisGeometry], index: slice):
     return length, new_geometry, start
 
 
-@rule(operator.getitem)
+@rule(operator.getitem, params=_slice_params, keeps_channels=_index_keeps_channels)
 def getitem(ctx, obj, index):
     if not isinstance(obj, SymbolicTensor):
         if isinstance(obj, (tuple, list, torch.Size)) and isinstance(index, slice):
@@ -1590,12 +1873,12 @@ def _ne(a, b):
     return sympy.Not(eq(a, b))
 
 
-@rule(operator.eq)
+@rule(operator.eq, merge="broadcast")
 def equal(ctx, a, b):
     return _comparison(eq)(ctx, a, b)
 
 
-@rule(operator.ne)
+@rule(operator.ne, merge="broadcast")
 def not_equal(ctx, a, b):
     return _comparison(_ne)(ctx, a, b)
 
@@ -1606,22 +1889,22 @@ def _ordered(ctx, relation, a, b):
     return _comparison(relation)(ctx, a, b)
 
 
-@rule(operator.lt)
+@rule(operator.lt, merge="broadcast")
 def less_than(ctx, a, b):
     return _ordered(ctx, lt, a, b)
 
 
-@rule(operator.le)
+@rule(operator.le, merge="broadcast")
 def at_most(ctx, a, b):
     return _ordered(ctx, le, a, b)
 
 
-@rule(operator.gt)
+@rule(operator.gt, merge="broadcast")
 def greater_than(ctx, a, b):
     return _ordered(ctx, gt, a, b)
 
 
-@rule(operator.ge)
+@rule(operator.ge, merge="broadcast")
 def at_least(ctx, a, b):
     return _ordered(ctx, ge, a, b)
 
