@@ -87,7 +87,7 @@ def runs(model, h: int, w: int = None) -> bool:
         with torch.no_grad():
             model(torch.empty(1, _channels(model), h, h if w is None else w, device="meta"))
         return True
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # instance norm refuses a 1x1 map with a ValueError
         return False
 
 
@@ -281,3 +281,32 @@ def test_sizes_bad_input_exit_2(capsys, models_file, argv, words):
     code = main(["sizes", f"{models_file}:LeNet", *argv])
     _, err = capsys.readouterr()
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# a third-party model: MONAI's UNet, whose strided convs and cats run for two residues mod 4
+
+
+def test_monai_unet_nearest_sizes_and_padding_against_meta():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import zoo_setup
+
+        monai = zoo_setup.import_zoo()[2]
+    except ImportError as error:  # the [zoo] extra is optional
+        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
+    model = monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
+                                     strides=(2, 2)).eval().to("meta")
+    valid = analyze(model, "H").valid_sizes("H")
+    # the set the engine found is torch's: meta forward passes over a sweep
+    assert [h for h in range(1, 60) if h in valid] == [h for h in range(1, 60) if runs(model, h)]
+    for n in (1, 2, 5, 30, 45, 101):
+        _check_nearest(model, valid, n)
+    m = padding_multiple(valid)
+    assert m is not None
+    assert all(runs(model, m * math.ceil(n / m)) for n in range(1, 50))
+    for smaller in range(1, m):
+        assert not all(runs(model, smaller * j) for j in range(1, 2 * m + 1)), smaller
