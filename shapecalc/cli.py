@@ -441,7 +441,10 @@ def _docs(args) -> int:
     if problems:
         print(f"regenerate with: {regenerate_command(args.models, args.out, args.input, args.sizes)}")
         return 1
-    print(f"{len(pages)} page{'s' if len(pages) != 1 else ''} in {args.out} up to date")
+    count = sum(p.filename.endswith(".md") for p in pages)
+    pictures = len(pages) - count
+    also = f" and {pictures} picture{'s' if pictures != 1 else ''}" if pictures else ""
+    print(f"{count} page{'s' if count != 1 else ''}{also} in {args.out} up to date")
     return 0
 
 

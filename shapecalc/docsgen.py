@@ -279,8 +279,9 @@ def _mermaid_section(analysis: Analysis) -> list[str]:
 # pages
 
 
-def render_page(analysis: Analysis, sizes: Optional[Sequence[int]] = None) -> str:
-    """The Markdown page of one analysis (deterministic)."""
+def render_page(analysis: Analysis, sizes: Optional[Sequence[int]] = None, *, picture: Optional[str] = None) -> str:
+    """The Markdown page of one analysis (deterministic); ``picture``: the
+    file name of its SVG (picture_page), linked under the valid sizes."""
     environments = typical_sizes(analysis, sizes)
     input_text = " x ".join(format_expr(s) for s in analysis.input.sizes)
     outputs = "; ".join(f"`{name}` {' x '.join(format_expr(s) for s in t.spatial_sizes)}"
@@ -294,8 +295,25 @@ def render_page(analysis: Analysis, sizes: Optional[Sequence[int]] = None) -> st
         parts.append(f"- values shown at: {'; '.join(_env_label(e) for e in environments)}")
     parts += [f"- note: {n}" for n in analysis.notes]
     parts += ["", *_layers_section(analysis, environments), "", *_alignment_sections(analysis, environments), "",
-              *_domain_section(analysis), "", *_mermaid_section(analysis)]
+              *_domain_section(analysis), *_picture_link(analysis, picture), "", *_mermaid_section(analysis)]
     return "\n".join(parts) + "\n"
+
+
+def _picture_link(analysis: Analysis, picture: Optional[str]) -> list[str]:
+    if picture is None:
+        return []
+    return ["", f"![valid sizes of {analysis.model}: which sizes run and are aligned, and the output size]({picture})"]
+
+
+def picture_page(analysis: Analysis, page: str) -> Optional[Page]:
+    """The SVG beside page ``page`` (``fcn8s.md`` -> ``fcn8s.svg``); None for a
+    concrete input.  It starts with the same marker line as a Markdown page
+    (an XML comment may precede the root element), so overwrite protection and
+    ``--check`` treat it like one."""
+    from .picture import domain_picture
+
+    svg = domain_picture(analysis, first_line=_HEADER)
+    return None if svg is None else Page(str(Path(page).with_suffix(".svg")), analysis.model, svg)
 
 
 def index_page(pages: Sequence[Page]) -> str:
@@ -303,7 +321,7 @@ def index_page(pages: Sequence[Page]) -> str:
              "One page per bundled model: per-layer sizes, crop offsets, merges, valid input sizes and the "
              "layer graph.  Regenerate with `shapecalc docs --out docs/sizes`; CI runs "
              "`shapecalc docs --out docs/sizes --check`, which fails when a page is stale.", ""]
-    lines += [f"- [{p.model}]({p.filename})" for p in pages]
+    lines += [f"- [{p.model}]({p.filename})" for p in pages if p.filename.endswith(".md")]
     return "\n".join(lines) + "\n"
 
 
@@ -323,7 +341,10 @@ def generate(models: Optional[Sequence[str]] = None, input: str = "H", *,
             raise InputSpecError(f"models {seen[filename]!r} and {model_spec!r} would both write {filename}")
         seen[filename] = model_spec
         analysis = analyze(load_model(model_spec), spec, name=model_spec)
-        pages.append(Page(filename, model_spec, render_page(analysis, sizes)))
+        picture = picture_page(analysis, filename)
+        pages.append(Page(filename, model_spec, render_page(analysis, sizes,
+                                                            picture=picture and picture.filename)))
+        pages += [picture] if picture else []
     if not models:
         pages.append(Page(INDEX_PAGE, "", index_page(pages)))
     return pages
@@ -446,7 +467,7 @@ def _stage(path: Path, text: str) -> Path:
 def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool = False) -> list[str]:
     """One message per page in ``out`` that is missing, is not a generated
     page, or differs from ``pages`` (with the first lines of the difference);
-    with ``complete``, also per ``.md`` file in ``out`` that no page accounts for."""
+    with ``complete``, also per ``.md`` or ``.svg`` file in ``out`` that no page accounts for."""
     folder = Path(out)
     problem = _folder_problem(folder)
     if problem:
@@ -472,7 +493,7 @@ def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool 
                         + "\n".join(f"    {line}" for line in _changes(current, page.text)))
     if complete:
         names = {p.filename for p in pages}
-        for path in sorted(folder.glob("*.md")):
+        for path in sorted([*folder.glob("*.md"), *folder.glob("*.svg")]):
             if path.name not in names:
                 problems.append(f"{path} is stale: no bundled model generates it")
     return problems

@@ -364,7 +364,9 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(analysis: Analysis) -> str:
+def render_markdown(analysis: Analysis, *, picture: bool = True) -> str:
+    """The tables and summary as Markdown; with ``picture``, an inline SVG of
+    the valid sizes and output sizes (shapecalc.picture) at the end."""
     parts = [f"## {analysis.model} — input {' x '.join(format_expr(s) for s in analysis.input.sizes)}", "",
              _markdown_table(LAYER_COLUMNS, [layer_row(layer) for layer in analysis.layers])]
     if analysis.crops:
@@ -380,4 +382,12 @@ def render_markdown(analysis: Analysis) -> str:
     if any("?" in text.split(" x ") for layer in analysis.layers for text in layer_row(layer)[4:]):
         parts += ["", UNKNOWN_LEGEND]
     parts += ["", *[f"- {line}" for line in summary_lines(analysis)]]
+    if picture:
+        from .picture import domain_picture
+
+        svg = domain_picture(analysis)
+        if svg is not None:
+            # inline: one HTML block (the SVG has no blank line), readable in any
+            # viewer that renders HTML in Markdown (docs pages link a file instead)
+            parts += ["", "### Valid sizes", "", svg.rstrip("\n")]
     return "\n".join(parts) + "\n"

@@ -56,7 +56,7 @@ def meta_shapes(model_name: str, height: int) -> dict[str, tuple]:
 def test_committed_pages_are_current(capsys):
     code, out, err = run(capsys, "docs", "--out", str(PAGES), "--check")
     assert code == 0, out + err
-    assert out.strip() == f"3 pages in {PAGES} up to date"
+    assert out.strip() == f"3 pages and 2 pictures in {PAGES} up to date"
 
 
 @pytest.mark.parametrize("model_name", BUNDLED)
@@ -119,7 +119,7 @@ def test_check_fails_after_a_padding_change(tmp_path, capsys):
     out_dir = tmp_path / "sizes"
     spec = f"{model_file}:fcn8s"
     code, out, _ = run(capsys, "docs", spec, "--out", str(out_dir))
-    assert code == 0 and out.strip() == f"wrote {out_dir / 'fcn8s.md'}"
+    assert code == 0 and out.split() == ["wrote", str(out_dir / "fcn8s.md"), "wrote", str(out_dir / "fcn8s.svg")]
     code, out, _ = run(capsys, "docs", spec, "--out", str(out_dir), "--check")
     assert code == 0, out
 
@@ -137,8 +137,10 @@ def test_check_fails_after_a_padding_change(tmp_path, capsys):
 
 def test_check_reports_missing_and_orphan_pages(tmp_path, capsys):
     pages = generate(["fcn8s"])
-    assert stale_pages(pages, tmp_path) == [f"{tmp_path / 'fcn8s.md'} is missing (shapecalc docs would write it)"]
+    assert stale_pages(pages, tmp_path) == [f"{tmp_path / name} is missing (shapecalc docs would write it)"
+                                            for name in ("fcn8s.md", "fcn8s.svg")]
     (tmp_path / "fcn8s.md").write_text(pages[0].text)
+    (tmp_path / "fcn8s.svg").write_text(pages[1].text)
     (tmp_path / "oldnet.md").write_text("# gone\n")
     assert stale_pages(pages, tmp_path) == []
     assert stale_pages(pages, tmp_path, complete=True) == [f"{tmp_path / 'oldnet.md'} is stale: no bundled model generates it"]
@@ -212,7 +214,7 @@ def test_a_model_page_named_like_the_index_does_not_overwrite_it(tmp_path, capsy
 def test_force_overwrites_and_generated_pages_are_rewritten(tmp_path, capsys):
     (tmp_path / "fcn8s.md").write_text(HAND_WRITTEN)
     code, out, _ = run(capsys, "docs", "fcn8s", "--out", str(tmp_path), "--force")
-    assert code == 0 and out == f"wrote {tmp_path / 'fcn8s.md'}\n"
+    assert code == 0 and out == f"wrote {tmp_path / 'fcn8s.md'}\nwrote {tmp_path / 'fcn8s.svg'}\n"
     expected = generate(["fcn8s"])[0].text
     assert (tmp_path / "fcn8s.md").read_text() == expected
     # a page shapecalc wrote is its own to replace: no --force needed
