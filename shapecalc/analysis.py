@@ -44,8 +44,6 @@ class Layer:
                 f"spatial=({', '.join(format_expr(s) for s in self.tensor.spatial_sizes)}))")
 
 
-
-
 @dataclass
 class Analysis:
     """Everything shapecalc knows about one model at one input spec."""
@@ -77,7 +75,6 @@ class Analysis:
         return (f"Analysis(model={self.model!r}, input={self.input.text!r}, layers={len(self.layers)}, "
                 f"outputs={{{outputs}}}, valid={self.validity_sentence()!r})")
 
-
     def valid_sizes(self, symbol: Union[str, sympy.Symbol]) -> PeriodicSet:
         """The exact set of sizes of ``symbol`` for which the forward pass runs."""
         for s in self.symbols:
@@ -89,6 +86,9 @@ class Analysis:
         parts = [self.domain.sets[s].describe(str(s)) for s in self.symbols]
         if not self.symbols:
             parts.append("runs at this size")
+        joint = self.domain.joint_sentence()
+        if joint is not None:
+            parts.append(f"jointly: {joint}")
         if self.domain.undecided:
             parts.append("also needs " + "; ".join(
                 f"{r.reason} (node {r.node})" for r in self.domain.undecided) + " (not decided)")
@@ -101,9 +101,6 @@ class Analysis:
         return False if False in verdicts else (True if all(v is True for v in verdicts) else None)
 
     def aligned_sentence(self) -> str:
-        joint = self.domain.joint_sentence()
-        if joint is not None:
-            parts.append(f"jointly: {joint}")
         """Where everything lines up, as a sentence (``H = 16k + 1 from 1``)."""
         if not self.symbols:
             verdict = self.aligned()

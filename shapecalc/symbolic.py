@@ -183,12 +183,6 @@ def merge_floor_terms(expr):
     return expr.xreplace(replacements) if replacements else expr
 
 
-def ceildiv(numerator, divisor) -> sympy.Expr:
-    """``ceil(numerator / divisor)``, stored in its canonical floor form."""
-    numerator = as_expr(numerator)
-    divisor = as_expr(divisor)
-    if divisor.is_Integer and divisor > 0 and numerator.is_integer:
-        return floordiv(numerator + divisor - 1, divisor)
 def fold_multiple_of_floor(expr):
     """``m*c + c*floor(n/q)`` as ``c*floor((n + m*q)/q)`` when that leaves
     no constant in the rounding, ``32 - 32*floor((32 - H)/32)`` ->
@@ -222,6 +216,12 @@ def fold_multiple_of_floor(expr):
     return c * floordiv(folded, q)
 
 
+def ceildiv(numerator, divisor) -> sympy.Expr:
+    """``ceil(numerator / divisor)``, stored in its canonical floor form."""
+    numerator = as_expr(numerator)
+    divisor = as_expr(divisor)
+    if divisor.is_Integer and divisor > 0 and numerator.is_integer:
+        return floordiv(numerator + divisor - 1, divisor)
     return -floordiv(-numerator, divisor)
 
 
