@@ -1,6 +1,7 @@
 """``shapecalc verify``: the engine against real forward passes (cpu with thin
 models, meta for shape-only sweeps; cuda when the machine has one)."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -69,7 +70,7 @@ def _wrong_ceil_mode(monkeypatch):
         m = ctx.module
         return rules._pool(ctx, x, 2, m.kernel_size, m.stride, m.padding, m.dilation, False)
 
-    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, rules.Rule(original.name, floor_only))
+    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, dataclasses.replace(original, function=floor_only))
 
 
 def test_a_wrong_domain_is_caught(monkeypatch):
@@ -92,7 +93,7 @@ def _wrong_in_a_band(monkeypatch, low, high):
         band = sympy.And(sympy.Ge(n, low), sympy.Le(n, high))
         return y.with_spatial([sympy.Piecewise((s + 1, band), (s, True)) for s in y.spatial_sizes])
 
-    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, rules.Rule(original.name, off_in_a_band))
+    monkeypatch.setitem(rules.RULES, nn.MaxPool2d, dataclasses.replace(original, function=off_in_a_band))
 
 
 def test_a_drawn_mismatch_is_shrunk_to_the_smallest_and_named(monkeypatch):
