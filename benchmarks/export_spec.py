@@ -47,7 +47,7 @@ MODELS = [
 
 def _auto(model, result, torch):
     """What a plain Dim.AUTO export claims (range constraints) and admits (its guard checks) per symbol."""
-    from shapecalc.export_spec import _guard_function, _SIZE_ACCESS
+    from shapecalc.answers.export_spec import _guard_function, _SIZE_ACCESS
 
     per_axis = {axis: torch.export.Dim.AUTO for axis in result.axes}
     shapes = {result.argument: per_axis} if result.argument else (per_axis,)
@@ -89,8 +89,9 @@ def main():
         zoo_setup.import_zoo()
     except ImportError as error:
         print(f"zoo extra missing ({error}): third-party models skipped", file=sys.stderr)
-    from shapecalc import export_spec, load_model
-    from shapecalc.export_spec import _progression_text, _runs
+    from shapecalc import export_spec
+    from shapecalc import load_model
+    from shapecalc.answers.export_spec import _progression_text, _runs
 
     print(f"| model | valid H in 1..{args.max} | shapecalc spec (H) | accepted | covers H | Dim.AUTO claims H | "
           "Dim.AUTO admits H | seconds |")

@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz.py --count 10000 [--start 0] [--workers 1] [--out fuzz-results.jsonl]
 
-Architecture ``seed`` is ``shapecalc.architectures.random_architecture(seed)``,
+Architecture ``seed`` is ``shapecalc._selftest.architectures.random_architecture(seed)``,
 so every finding reproduces from its seed alone.  Each net is analysed at
 input ``H`` (every spatial axis) and swept over 1..40, the edges of its
 domain and a few large sizes: torch must run exactly where the engine's
@@ -25,7 +25,7 @@ import traceback
 
 
 def check_seed(seed: int) -> dict:
-    from shapecalc.architectures import cross_check, random_architecture
+    from shapecalc._selftest.architectures import cross_check, random_architecture
 
     architecture = random_architecture(seed)
     try:

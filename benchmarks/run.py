@@ -74,7 +74,9 @@ def channels_of(name: str) -> int:
 def clear_caches() -> None:
     from sympy.core.cache import clear_cache
 
-    from shapecalc import domain, symbolic
+    from shapecalc.engine import domain
+
+    from shapecalc.engine import symbolic
 
     clear_cache()
     symbolic.compiled.cache_clear()

@@ -17,14 +17,14 @@ _EXPORTS = {
     "ShapecalcError": "._errors", "InputSpecError": "._errors", "ModelLoadError": "._errors",
     "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors",
     "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
-    "Cost": ".cost", "LayerCost": ".cost", "cost": ".cost",
-    "PeriodicSet": ".domain",
-    "sizes_report": ".sizes", "explain_failure": ".sizes", "SizesReport": ".sizes", "SizeFailure": ".sizes",
-    "ExportSpec": ".export_spec", "export_spec": ".export_spec",
-    "CropAlignment": ".geometry", "MergeAlignment": ".geometry", "ResampleAlignment": ".resampling",
-    "FloorDiv": ".symbolic", "format_expr": ".symbolic", "size_symbol": ".symbolic",
-    "AxisGeometry": ".tensors", "SymbolicTensor": ".tensors",
-    "InputSpec": ".trace", "load_model": ".trace", "parse_input_spec": ".trace",
+    "Cost": ".answers.cost", "LayerCost": ".answers.cost", "cost": ".answers.cost",
+    "PeriodicSet": ".engine.domain",
+    "sizes_report": ".answers.sizes", "explain_failure": ".answers.sizes", "SizesReport": ".answers.sizes", "SizeFailure": ".answers.sizes",
+    "ExportSpec": ".answers.export_spec", "export_spec": ".answers.export_spec",
+    "CropAlignment": ".audits.geometry", "MergeAlignment": ".audits.geometry", "ResampleAlignment": ".audits.resampling",
+    "FloorDiv": ".engine.symbolic", "format_expr": ".engine.symbolic", "size_symbol": ".engine.symbolic",
+    "AxisGeometry": ".engine.tensors", "SymbolicTensor": ".engine.tensors",
+    "InputSpec": ".capture.trace", "load_model": ".capture.trace", "parse_input_spec": ".capture.trace",
     # for rule authors: shapecalc/extend.py
     "rule": ".extend", "unregister": ".extend", "rule_scope": ".extend", "tracing": ".extend",
     "RuleContext": ".extend", "with_spatial_sizes": ".extend", "window_geometry": ".extend",
@@ -50,17 +50,17 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
+    from shapecalc._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
                           UnsupportedOpError)
-    from .analysis import Analysis, Layer, analyze
-    from .cost import Cost, LayerCost, cost
-    from .domain import PeriodicSet
-    from .sizes import SizeFailure, SizesReport, explain_failure, sizes_report
-    from .export_spec import ExportSpec, export_spec
-    from .extend import (RuleContext, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
+    from shapecalc.analysis import Analysis, Layer, analyze
+    from shapecalc.answers.cost import Cost, LayerCost, cost
+    from shapecalc.engine.domain import PeriodicSet
+    from shapecalc.answers.sizes import SizeFailure, SizesReport, explain_failure, sizes_report
+    from shapecalc.answers.export_spec import ExportSpec, export_spec
+    from shapecalc.extend import (RuleContext, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
                          window_geometry, with_spatial_sizes)
-    from .geometry import CropAlignment, MergeAlignment
-    from .resampling import ResampleAlignment
-    from .symbolic import FloorDiv, format_expr, size_symbol
-    from .tensors import AxisGeometry, SymbolicTensor
-    from .trace import InputSpec, load_model, parse_input_spec
+    from shapecalc.audits.geometry import CropAlignment, MergeAlignment
+    from shapecalc.audits.resampling import ResampleAlignment
+    from shapecalc.engine.symbolic import FloorDiv, format_expr, size_symbol
+    from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
+    from shapecalc.capture.trace import InputSpec, load_model, parse_input_spec

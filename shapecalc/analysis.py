@@ -14,15 +14,15 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from . import rules
-from ._errors import ShapecalcError, TraceError
-from .domain import Domain, PeriodicSet
-from .geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
-from .propagate import META_KEY, SizeInterpreter
-from .resampling import ResampleAlignment, resample_alignments
-from .symbolic import display_form, format_expr
-from .tensors import IDENTITY, SymbolicTensor
-from .trace import InputSpec, check_fidelity, parse_input_spec, spatial_dimensions_and_channels, trace_module, trace_notes
+from shapecalc.engine import rules
+from shapecalc._errors import ShapecalcError, TraceError
+from shapecalc.engine.domain import Domain, PeriodicSet
+from shapecalc.audits.geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
+from shapecalc.engine.propagate import META_KEY, SizeInterpreter
+from shapecalc.audits.resampling import ResampleAlignment, resample_alignments
+from shapecalc.engine.symbolic import display_form, format_expr
+from shapecalc.engine.tensors import IDENTITY, SymbolicTensor
+from shapecalc.capture.trace import InputSpec, check_fidelity, parse_input_spec, spatial_dimensions_and_channels, trace_module, trace_notes
 
 
 @dataclass(frozen=True)

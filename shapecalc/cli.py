@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ._errors import ShapecalcError
+from shapecalc._errors import ShapecalcError
 
 FORMATS = ("table", "markdown", "json")
 
@@ -81,7 +81,7 @@ def _tracing(args):
     leaves, pairs = getattr(args, "leaf", None) or [], getattr(args, "concrete", None) or []
     if not leaves and not pairs:
         return contextlib.nullcontext()
-    from .specs import parse_model_args
+    from shapecalc.capture.specs import parse_model_args
 
     for leaf in leaves:
         location, sep, name = leaf.rpartition(":")
@@ -91,7 +91,7 @@ def _tracing(args):
         concrete_args = parse_model_args(pairs)
     except ShapecalcError as error:
         raise_usage(str(error).replace("--arg", "--concrete"))
-    from .trace import tracing
+    from shapecalc.capture.trace import tracing
 
     return tracing(leaf=leaves, concrete_args=concrete_args)
 
@@ -103,15 +103,15 @@ def _error_line(error: ShapecalcError) -> str:
 
 
 def _analysis(args):
-    from .specs import parse_input_spec, parse_model_args
+    from shapecalc.capture.specs import parse_input_spec, parse_model_args
 
     # what was typed is checked before torch loads: a typo fails at once
     spec = parse_input_spec(args.input)
     model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    from .analysis import analyze
-    from .trace import load_model
+    from shapecalc.analysis import analyze
+    from shapecalc.capture.trace import load_model
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
@@ -125,7 +125,7 @@ def _user_output_to_stderr():
 
 
 def raise_usage(message: str):
-    from ._errors import InputSpecError
+    from shapecalc._errors import InputSpecError
 
     raise InputSpecError(message)
 
@@ -148,13 +148,13 @@ def _add_trace(subparsers) -> None:
 
 
 def _trace(args) -> int:
-    from ._errors import SizeError
+    from shapecalc._errors import SizeError
 
     try:
         analysis = _analysis(args)
     except SizeError as error:
         return _explained_size_error(args, error)
-    from .report import render_markdown, render_table, to_json
+    from shapecalc.output.report import render_markdown, render_table, to_json
 
     if args.format == "json":
         print(json.dumps(to_json(analysis), indent=2))
@@ -180,7 +180,7 @@ def _add_cost(subparsers) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--input", required=True, metavar="SPEC",
                         help="input size: H, HxW, 512, 512x384, Hx384 (names are symbols)")
-    # the keys of shapecalc.cost.DTYPES, spelled out so that parsing does not import torch
+    # the keys of shapecalc.answers.cost.DTYPES, spelled out so that parsing does not import torch
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32",
                         help="element type of floating activations, for bytes (default: float32)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
@@ -188,16 +188,16 @@ def _add_cost(subparsers) -> None:
 
 
 def _cost(args) -> int:
-    from .specs import parse_input_spec, parse_model_args
+    from shapecalc.capture.specs import parse_input_spec, parse_model_args
 
     spec = parse_input_spec(args.input)  # fails before torch loads
     model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    from .analysis import analyze
-    from .cost import cost
-    from .cost_report import cost_markdown, cost_table, cost_to_json
-    from .trace import load_model
+    from shapecalc.analysis import analyze
+    from shapecalc.answers.cost import cost
+    from shapecalc.output.cost_report import cost_markdown, cost_table, cost_to_json
+    from shapecalc.capture.trace import load_model
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
@@ -215,9 +215,9 @@ def _explained_size_error(args, error) -> int:
     """A concrete size the model cannot run at is a finding: the explanation
     (binding requirement, sizes leading there, nearest valid sizes, padding)
     goes to stdout (JSON with --format json), the one-line error to stderr, exit 1."""
-    from .sizes import explain_failure
-    from .specs import parse_input_spec, parse_model_args
-    from .trace import load_model
+    from shapecalc.answers.sizes import explain_failure
+    from shapecalc.capture.specs import parse_input_spec, parse_model_args
+    from shapecalc.capture.trace import load_model
 
     with _user_output_to_stderr():
         model = load_model(args.model, parse_model_args(args.arg))
@@ -250,8 +250,8 @@ def _add_sizes(subparsers) -> None:
 
 
 def _sizes(args) -> int:
-    from .specs import parse_input_spec
-    from .sizes import parse_near, parse_range
+    from shapecalc.capture.specs import parse_input_spec
+    from shapecalc.answers.sizes import parse_near, parse_range
 
     spec = parse_input_spec(args.input)
     if not spec.symbols:
@@ -259,7 +259,7 @@ def _sizes(args) -> int:
                     "give the concrete size as --near")
     near = parse_near(args.near, len(spec.symbols))
     bounds = parse_range(args.range)
-    from .sizes import sizes_report
+    from shapecalc.answers.sizes import sizes_report
 
     report = sizes_report(_analysis(args), near=near, range=bounds)
     print(json.dumps(report.to_json(), indent=2) if args.format == "json" else report.to_text(), end=""
@@ -312,14 +312,14 @@ def _add_verify(subparsers) -> None:
 
 
 def _verify(args) -> int:
-    from .specs import parse_input_spec, parse_model_args
+    from shapecalc.capture.specs import parse_input_spec, parse_model_args
 
     if args.input is not None:
         parse_input_spec(args.input)  # fails before torch loads
     model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    from .verify import verify
+    from shapecalc.verify import verify
 
     with _progress_bar("verifying") as progress, _user_output_to_stderr():
         report = verify(args.model, args.input, device=args.device, examples=args.examples, max_size=args.max_size,
@@ -379,7 +379,7 @@ def _add_check(subparsers) -> None:
 
 
 def _check(args) -> int:
-    from .specs import parse_expected_output, parse_input_spec, parse_model_args
+    from shapecalc.capture.specs import parse_expected_output, parse_input_spec, parse_model_args
 
     spec = parse_input_spec(args.input)
     if args.expect_output is not None:
@@ -387,8 +387,8 @@ def _check(args) -> int:
     model_args = parse_model_args(args.arg)
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    from .checking import check_model
-    from .trace import load_model
+    from shapecalc.answers.checking import check_model
+    from shapecalc.capture.trace import load_model
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
@@ -423,11 +423,11 @@ def _add_docs(subparsers) -> None:
 
 
 def _docs(args) -> int:
-    from .specs import parse_input_spec, parse_sizes
+    from shapecalc.capture.specs import parse_input_spec, parse_sizes
 
     parse_input_spec(args.input)  # fails before torch loads
     sizes = parse_sizes(args.sizes)
-    from .docsgen import generate, regenerate_command, stale_pages, write_pages
+    from shapecalc.output.docsgen import generate, regenerate_command, stale_pages, write_pages
 
     with _user_output_to_stderr():
         pages = generate(args.models, args.input, sizes=sizes)
@@ -470,8 +470,8 @@ def _add_export_spec(subparsers) -> None:
 
 
 def _export_spec(args) -> int:
-    from .export_spec import DEFAULT_MAX, MAX_LIMIT
-    from .specs import parse_input_spec, parse_model_args
+    from shapecalc.answers.export_spec import DEFAULT_MAX, MAX_LIMIT
+    from shapecalc.capture.specs import parse_input_spec, parse_model_args
 
     spec = parse_input_spec(args.input)  # what was typed is checked before torch loads
     model_args = parse_model_args(args.arg)
@@ -480,8 +480,8 @@ def _export_spec(args) -> int:
         raise_usage(f"--max must be at most {MAX_LIMIT}, got {max_size}")
     if args.channels is not None and args.channels < 1:
         raise_usage(f"--channels must be positive, got {args.channels}")
-    from .export_spec import export_spec
-    from .trace import load_model
+    from shapecalc.answers.export_spec import export_spec
+    from shapecalc.capture.trace import load_model
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
@@ -531,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("shapecalc: interrupted", file=sys.stderr)
         return 130
     except SystemExit as error:  # model code exited where no loader caught it (a forward pass)
-        from .specs import shorten
+        from shapecalc.capture.specs import shorten
 
         models = getattr(args, "model", None) or ", ".join(getattr(args, "models", None) or ["bundled models"])
         print(f"shapecalc {args.command}: error: model code of {shorten(models)} called "

@@ -22,11 +22,11 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch.nn as nn
 
-from . import rules as _rules
-from ._errors import InputSpecError
-from .symbolic import ceildiv, floor_of, floordiv
-from .tensors import AxisGeometry, SymbolicTensor
-from .trace import tracing
+from shapecalc.engine import rules as _rules
+from shapecalc._errors import InputSpecError
+from shapecalc.engine.symbolic import ceildiv, floor_of, floordiv
+from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
+from shapecalc.capture.trace import tracing
 
 __all__ = ["AxisGeometry", "RuleContext", "SymbolicTensor", "ceildiv", "floor_of", "floordiv", "rule", "rule_scope",
            "tracing", "unregister", "window_geometry", "with_spatial_sizes"]
@@ -92,7 +92,7 @@ def rule(*keys, merge: Any = None, resample: Any = None, params: Any = None, spa
     name); module classes and Python functions among the keys become leaves.
 
     ``merge``, ``resample``, ``params`` and ``spatial_rank`` are passed to the
-    registry (see :func:`shapecalc.rules.rule`).  A key that already has a
+    registry (see :func:`shapecalc.engine.rules.rule`).  A key that already has a
     rule is an error unless ``replace=True``.  Returns the function unchanged."""
     if not keys:
         raise InputSpecError("rule() needs at least one key: an nn.Module class, a function or a method name")
@@ -195,5 +195,5 @@ def window_geometry(axis: Optional[AxisGeometry], kernel: int, stride: int = 1, 
                                ("dilation", dilation, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputSpecError(f"window_geometry(): {name} must be an integer >= {least}, got {value!r}")
-    return _rules._windowed_geometry(axis, kernel, stride, padding, dilation)
+    return _rules.common._windowed_geometry(axis, kernel, stride, padding, dilation)
 

@@ -55,7 +55,7 @@ def shapecalc_check(request):
     defaults = {"input": "H", **_marker_options(request)}
 
     def run(model, input=None, *, expect_output=None, max_shift=None, channels=None):
-        from .checking import check_model
+        from shapecalc.answers.checking import check_model
 
         options = dict(defaults)
         given = {"input": input, "expect_output": expect_output, "max_shift": max_shift, "channels": channels}

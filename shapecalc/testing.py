@@ -25,11 +25,11 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from ._errors import SizeError
-from .analysis import analyze
-from .checking import CheckReport, check_model
-from .symbolic import evaluate
-from .trace import load_model, parse_input_spec
+from shapecalc._errors import SizeError
+from shapecalc.analysis import analyze
+from shapecalc.answers.checking import CheckReport, check_model
+from shapecalc.engine.symbolic import evaluate
+from shapecalc.capture.trace import load_model, parse_input_spec
 
 __all__ = ["assert_aligned", "assert_output_size", "assert_valid_for"]
 

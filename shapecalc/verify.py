@@ -29,13 +29,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ._errors import InputSpecError, ShapecalcError
-from .analysis import Analysis, _with_context
-from .domain import Domain, PeriodicSet
-from .propagate import META_KEY, SizeInterpreter
-from .symbolic import evaluate, format_expr
-from .tensors import IDENTITY, SymbolicTensor
-from .trace import InputSpec, load_model, parse_input_spec, spatial_dimensions_and_channels, trace_module
+from shapecalc._errors import InputSpecError, ShapecalcError
+from shapecalc.analysis import Analysis, _with_context
+from shapecalc.engine.domain import Domain, PeriodicSet
+from shapecalc.engine.propagate import META_KEY, SizeInterpreter
+from shapecalc.engine.symbolic import evaluate, format_expr
+from shapecalc.engine.tensors import IDENTITY, SymbolicTensor
+from shapecalc.capture.trace import InputSpec, load_model, parse_input_spec, spatial_dimensions_and_channels, trace_module
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
 #: the default input spec for a model with 1, 2 or 3 spatial axes

@@ -1,4 +1,4 @@
-"""`shapecalc check` and `shapecalc.checking.check`: findings name the node,
+"""`shapecalc check` and `shapecalc.answers.checking.check`: findings name the node,
 what the code has, what it needs and an input size; the needed values are
 confirmed with torch (autograd on a linearised FCN-8s, real forward passes)."""
 
@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from segmodels import fcn8s
 from shapecalc import analyze, load_model
-from shapecalc.checking import CheckReport, check, check_model
+from shapecalc.answers.checking import CheckReport, check, check_model
 from shapecalc.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -58,7 +58,7 @@ def test_trace_check_runs_on_meta_without_importing_dynamo():
     done = _run("""
         import gc, sys, types
         import torch, torch.nn as nn, torch.nn.functional as F
-        from shapecalc.trace import trace_module
+        from shapecalc.capture.trace import trace_module
 
         class Net(nn.Module):  # add, relu, interpolate, cat: Python reference kernels on meta
             def __init__(self):
@@ -91,7 +91,7 @@ def test_model_code_that_asks_dynamo_during_the_check_gets_the_real_module():
     done = _run("""
         import sys
         import torch, torch.nn as nn
-        from shapecalc.trace import trace_module
+        from shapecalc.capture.trace import trace_module
 
         class Asks(nn.Module):
             def __init__(self):

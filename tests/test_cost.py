@@ -1,4 +1,4 @@
-"""``shapecalc.cost`` against torch: FLOPs against ``FlopCounterMode`` (per
+"""``shapecalc.answers.cost`` against torch: FLOPs against ``FlopCounterMode`` (per
 node and for the module's own forward pass), parameters against
 ``sum(p.numel())``, activations against the shapes of a real forward pass and
 the peak against the storages that pass allocates, at non-square sizes that
@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from shapecalc import analyze, load_model
 from shapecalc.cli import main
-from shapecalc.cost import cost
-from shapecalc.symbolic import evaluate
+from shapecalc.answers.cost import cost
+from shapecalc.engine.symbolic import evaluate
 
 SIZES = [(45, 59), (77, 89), (101, 115)]
 

@@ -13,7 +13,7 @@ import torch.fx
 from shapecalc import load_model
 from shapecalc.cli import main
 from shapecalc import ShapecalcError
-from shapecalc.docsgen import Page, generate, page_filename, stale_pages, write_pages
+from shapecalc.output.docsgen import Page, generate, page_filename, stale_pages, write_pages
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO / "docs" / "sizes"

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapecalc import PeriodicSet, load_model
-from shapecalc.domain import condition_set
+from shapecalc.engine.domain import condition_set
 from shapecalc.strategies import conv_layers, pool_layers, resampling_layers, transposed_conv_layers
-from shapecalc.symbolic import ceildiv, floordiv, size_symbol
+from shapecalc.engine.symbolic import ceildiv, floordiv, size_symbol
 from shapecalc.verify import size_analysis
 
 N = size_symbol("n")

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shapecalc import analyze
-from shapecalc.symbolic import evaluate
+from shapecalc.engine.symbolic import evaluate
 
 
 def _runs(model: nn.Module, *spatial: int, channels: int) -> bool:
@@ -215,7 +215,7 @@ def test_padding_to_a_multiple_prints_as_one():
 
     analysis = analyze(PadToMultiple(), "H")
     size = analysis.outputs["output"].spatial_sizes[0]
-    from shapecalc.symbolic import format_expr
+    from shapecalc.engine.symbolic import format_expr
 
     text = format_expr(size)
     assert text == "32*ceiling(H/32)"
@@ -255,7 +255,7 @@ from hypothesis import strategies as st  # noqa: E402
 def floor_products(draw):
     """A product of floor((a*n + b)/q) terms, as a sympy expression and as a
     Python function of n."""
-    from shapecalc.symbolic import floordiv, size_symbol
+    from shapecalc.engine.symbolic import floordiv, size_symbol
 
     n = size_symbol("n")
     terms = [(draw(st.integers(1, 3)), draw(st.integers(-12, 12)), draw(st.integers(1, 4)))
@@ -280,7 +280,7 @@ def test_polynomial_condition_sets_match_enumeration(product, constant, kind):
 
     import sympy
 
-    from shapecalc.domain import condition_set
+    from shapecalc.engine.domain import condition_set
 
     n, expr, value = product
     relation = {"eq": sympy.Eq, "ge": sympy.Ge, "gt": sympy.Gt, "le": sympy.Le, "ne": sympy.Ne}[kind]

@@ -302,7 +302,7 @@ def test_bad_arguments_name_the_argument(call, word):
 
 
 def test_rule_scope_undoes_registrations():
-    from shapecalc import rules
+    from shapecalc.engine import rules
 
     before = dict(rules.RULES)
     with shapecalc.rule_scope():

@@ -20,7 +20,7 @@ import torch.fx
 import torch.nn as nn
 
 from shapecalc import TraceError, analyze, load_model
-from shapecalc.checking import check_model
+from shapecalc.answers.checking import check_model
 from shapecalc.cli import main
 
 

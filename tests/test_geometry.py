@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 import segmodels
 import shapecalc
-from shapecalc.receptive import INDEX
-from shapecalc.report import render_markdown, render_table, to_json
-from shapecalc.symbolic import evaluate
-from shapecalc.trace import load_model
+from shapecalc.audits.receptive import INDEX
+from shapecalc.output.report import render_markdown, render_table, to_json
+from shapecalc.engine.symbolic import evaluate
+from shapecalc.capture.trace import load_model
 from test_receptive_field import Recorder, positive_copy
 
 UNET = "docs/examples/center_crop_unet.py:CenterCropUNet"

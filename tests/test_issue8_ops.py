@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from shapecalc import UnsupportedOpError, analyze
-from shapecalc.receptive import window_at
+from shapecalc.audits.receptive import window_at
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_model_ops import _Forward, assert_matches_torch  # noqa: E402

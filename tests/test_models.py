@@ -13,7 +13,7 @@ The ground truth is always torch, never the engine:
   of its centre.
 
 The engine is analysed once per model and its expressions are evaluated
-exactly with :func:`shapecalc.symbolic.evaluate`.
+exactly with :func:`shapecalc.engine.symbolic.evaluate`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from segmodels import deeplabv3, fcn8s
 from shapecalc import analyze, format_expr, load_model
-from shapecalc.symbolic import evaluate
+from shapecalc.engine.symbolic import evaluate
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if ON_CUDA else "cpu"

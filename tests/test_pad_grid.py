@@ -27,7 +27,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from shapecalc import SizeError
-from shapecalc.symbolic import evaluate
+from shapecalc.engine.symbolic import evaluate
 from shapecalc.verify import size_analysis
 
 MODES = ("constant", "reflect", "replicate", "circular")

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from shapecalc import analyze, load_model
 from shapecalc.cli import main
-from shapecalc.docsgen import generate, stale_pages, write_pages
-from shapecalc.picture import domain_picture
-from shapecalc.report import render_markdown
+from shapecalc.output.docsgen import generate, stale_pages, write_pages
+from shapecalc.output.picture import domain_picture
+from shapecalc.output.report import render_markdown
 
 SVG = "{http://www.w3.org/2000/svg}"
 

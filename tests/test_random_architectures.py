@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
-from shapecalc.architectures import (Architecture, LayerSpec, Step, architectures, cross_check,
+from shapecalc._selftest.architectures import (Architecture, LayerSpec, Step, architectures, cross_check,
                                      random_architecture)
 
 #: CI budget: a bounded number of drawn nets (each swept over ~50 sizes)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 import segmodels
 import shapecalc
-from shapecalc.receptive import window_at
-from shapecalc.symbolic import evaluate
+from shapecalc.audits.receptive import window_at
+from shapecalc.engine.symbolic import evaluate
 
 _POOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d}
 

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
 import shapecalc
-from shapecalc import rules
-from shapecalc import strategies
-from shapecalc.strategies import OP_CASES
-from shapecalc.symbolic import evaluate
-from shapecalc.trace import spatial_dimensions_and_channels
+from shapecalc.engine import rules
+from shapecalc._selftest import op_cases
+from shapecalc._selftest.op_cases import OP_CASES
+from shapecalc.engine.symbolic import evaluate
+from shapecalc.capture.trace import spatial_dimensions_and_channels
 from test_geometry import centroid, run
 from test_receptive_field import Recorder
 
@@ -90,9 +90,9 @@ def test_true_divide_merge_is_reported():
 
 
 def test_binary_tensor_cases_are_merge_rules():
-    # the cross-check cases that combine two tensors (strategies' own list)
+    # the cross-check cases that combine two tensors (the cases' own list)
     # are exactly ops the merge audit must see
-    missing = [rules.key_name(k) for k in strategies._BINARY if rules.RULES[k].merge is None]
+    missing = [rules.key_name(k) for k in op_cases._BINARY if rules.RULES[k].merge is None]
     assert not missing, f"binary tensor ops without merge=: {missing}"
 
 
@@ -175,9 +175,10 @@ def test_spatial_rank_is_the_cases_rank(key):
 # no op tables outside the registry
 
 
-@pytest.mark.parametrize("module", ["geometry", "resampling", "analysis", "trace", "propagate"])
+@pytest.mark.parametrize("module", ["audits/geometry", "audits/resampling", "analysis", "capture/trace",
+                                    "engine/propagate"])
 def test_no_op_references_outside_rules(module):
-    source = Path(shapecalc.__file__).with_name(f"{module}.py").read_text()
+    source = (Path(shapecalc.__file__).parent / f"{module}.py").read_text()
     ops = re.findall(r"\bnn\.(?!Module\b|Sequential\b)[A-Z]\w*|\bF\.\w+|\btorch\.(?:true_divide|cat|stack|add|mul)\b",
                      source)
     assert not ops, f"shapecalc/{module}.py names ops {sorted(set(ops))}: put what it needs in their rules"

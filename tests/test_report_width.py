@@ -18,8 +18,8 @@ from rich.console import Console
 
 import shapecalc
 from shapecalc.cli import main
-from shapecalc.report import UNKNOWN_LEGEND, render_markdown, render_table, to_json
-from shapecalc.trace import load_model
+from shapecalc.output.report import UNKNOWN_LEGEND, render_markdown, render_table, to_json
+from shapecalc.capture.trace import load_model
 
 SPECS = {"fcn8s": "H", "deeplabv3": "HxW"}
 _cache: dict = {}

@@ -1,7 +1,7 @@
 """Every size rule against torch.
 
 For each key of ``rules.RULES`` a hypothesis cross-check draws a module from
-``shapecalc.strategies.OP_CASES`` whose graph calls that key, analyses it with
+``shapecalc._selftest.op_cases.OP_CASES`` whose graph calls that key, analyses it with
 a symbolic input, and compares every node's predicted shape (and every size
 value) with a real forward pass at drawn sizes.  The domain is checked both
 ways: where torch raises the engine must exclude the size, where torch runs it
@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from shapecalc import SizeError, UnsupportedOpError, analyze, size_symbol
-from shapecalc import rules
-from shapecalc.propagate import META_KEY
-from shapecalc.strategies import (OP_CASES, OpCase, conv_layers, input_sizes, pool_layers, resampling_layers,
-                                  transposed_conv_layers)
-from shapecalc.symbolic import evaluate
-from shapecalc.tensors import SymbolicTensor
+from shapecalc.engine import rules
+from shapecalc.engine.propagate import META_KEY
+from shapecalc._selftest.op_cases import OP_CASES, OpCase
+from shapecalc.strategies import conv_layers, input_sizes, pool_layers, resampling_layers, transposed_conv_layers
+from shapecalc.engine.symbolic import evaluate
+from shapecalc.engine.tensors import SymbolicTensor
 from shapecalc.verify import size_analysis
 
 # int() of a traced size is a graph call only where a module asks for it
@@ -106,7 +106,7 @@ def node_key(node: torch.fx.Node, graph_module):
 
 def same_key(a, b) -> bool:
     # a key by qualified name (a library shapecalc does not import) matches its function
-    return a is b or (isinstance(a, str) and a == b) or (isinstance(b, rules.QualifiedName) and rules._qualified(a) == b)
+    return a is b or (isinstance(a, str) and a == b) or (isinstance(b, rules.QualifiedName) and rules.registry._qualified(a) == b)
 
 
 # ---------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def cross_check(case: OpCase, data) -> None:
 
 def test_every_rule_key_has_a_cross_check_case():
     missing = [rules.key_name(key) for key in rules.RULES if key not in OP_CASES]
-    assert not missing, f"rules without an OP_CASES entry in shapecalc/strategies.py: {missing}"
+    assert not missing, f"rules without an OP_CASES entry in shapecalc/_selftest/op_cases.py: {missing}"
     extra = [repr(key) for key in OP_CASES if key not in rules.RULES]
     assert not extra, f"OP_CASES entries without a rule: {extra}"
 

@@ -16,9 +16,9 @@ import torch.nn as nn
 
 from shapecalc import SizeError, analyze, load_model
 from shapecalc.cli import main
-from shapecalc.domain import PeriodicSet
-from shapecalc.report import to_json
-from shapecalc.sizes import explain_failure, nearest_above, nearest_below, padding_multiple, sizes_report
+from shapecalc.engine.domain import PeriodicSet
+from shapecalc.output.report import to_json
+from shapecalc.answers.sizes import explain_failure, nearest_above, nearest_below, padding_multiple, sizes_report
 
 MODELS = '''
 import torch

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from shapecalc import InputSpecError, analyze, format_expr, load_model, parse_input_spec, size_symbol
 from shapecalc.strategies import conv_layers, input_sizes, pool_layers, resampling_layers, transposed_conv_layers
-from shapecalc.propagate import META_KEY
-from shapecalc.symbolic import FloorDiv, ceildiv, evaluate, floor_of, floordiv, parse_size_text
-from shapecalc.tensors import SymbolicTensor
+from shapecalc.engine.propagate import META_KEY
+from shapecalc.engine.symbolic import FloorDiv, ceildiv, evaluate, floor_of, floordiv, parse_size_text
+from shapecalc.engine.tensors import SymbolicTensor
 from shapecalc.verify import size_analysis
 
 x = size_symbol("x")

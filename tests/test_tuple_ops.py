@@ -14,9 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shapecalc import SizeError, analyze
-from shapecalc.propagate import META_KEY
-from shapecalc.symbolic import evaluate
-from shapecalc.tensors import SymbolicTensor
+from shapecalc.engine.propagate import META_KEY
+from shapecalc.engine.symbolic import evaluate
+from shapecalc.engine.tensors import SymbolicTensor
 
 SIZES = range(1, 41)
 #: concrete analyses are slower than torch: a few sizes on each side of the bounds

@@ -14,9 +14,9 @@ import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shapecalc import rules
+from shapecalc.engine import rules
 from shapecalc.cli import main
-from shapecalc.symbolic import eq, evaluate, floordiv, ge, largest, le, lt, size_symbol, smallest
+from shapecalc.engine.symbolic import eq, evaluate, floordiv, ge, largest, le, lt, size_symbol, smallest
 from shapecalc.verify import prepare, resolve_device, verify
 
 THIN = 1 / 32
@@ -68,7 +68,7 @@ def _wrong_ceil_mode(monkeypatch):
 
     def floor_only(ctx, x):
         m = ctx.module
-        return rules._pool(ctx, x, 2, m.kernel_size, m.stride, m.padding, m.dilation, False)
+        return rules.pooling._pool(ctx, x, 2, m.kernel_size, m.stride, m.padding, m.dilation, False)
 
     monkeypatch.setitem(rules.RULES, nn.MaxPool2d, dataclasses.replace(original, function=floor_only))
 
@@ -192,7 +192,7 @@ def test_cli_cuda_without_a_gpu_is_a_usage_error(capsys):
 
 
 def test_import_shapecalc_stays_light():
-    code = "import sys, shapecalc, shapecalc.verify, shapecalc.architectures, shapecalc.cli; " \
+    code = "import sys, shapecalc, shapecalc.verify, shapecalc._selftest.architectures, shapecalc.cli; " \
            "print(sorted(m for m in ('rich', 'hypothesis') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -360,7 +360,7 @@ def test_time_and_memory_follow_examples_not_max_size():
 
 
 def test_size_index_matches_membership():
-    from shapecalc.domain import PeriodicSet
+    from shapecalc.engine.domain import PeriodicSet
     from shapecalc.verify import SizeIndex
 
     sets = [PeriodicSet.everything(), PeriodicSet.at_least(7),

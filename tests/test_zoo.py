@@ -33,7 +33,7 @@ except ImportError as error:  # the [zoo] extra is optional
     pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'", allow_module_level=True)
 
 from shapecalc import TraceError, UnsupportedOpError, analyze, load_model
-from shapecalc.symbolic import evaluate
+from shapecalc.engine.symbolic import evaluate
 
 if zoo_setup.torchvision_note:
     warnings.warn(zoo_setup.torchvision_note, stacklevel=1)

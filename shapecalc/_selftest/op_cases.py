@@ -1,0 +1,1273 @@
+"""Cross-check cases: for every key of the rule registry, a strategy of small
+modules whose fx graph calls exactly that key (:data:`OP_CASES`).
+
+tests/test_rules.py analyses each drawn case and compares every node's size
+and the valid domain with real CPU forward passes; tests/test_registry.py
+walks the registry with them.  Adding an op means one rule plus one entry
+here.  Not public API: this is shapecalc's own test harness.
+"""
+
+from __future__ import annotations
+import builtins
+import functools
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from shapecalc.engine import rules
+from shapecalc.strategies import DYADIC_SCALE_FACTORS, _MAXPOOL, _RESAMPLING_MODES, _pool_parameters, _resampling_parameters, conv_layers, pool_layers, resampling_layers, transposed_conv_layers
+
+# len() and int() of a traced value are recorded as graph calls only for the
+# modules that ask: these two are the cases' own forward code.
+torch.fx.wrap("len")
+torch.fx.wrap("int")
+
+__all__ = ["OP_CASES", "OpCase"]
+
+# ---------------------------------------------------------------------------
+# cross-check cases: one module per rule key
+
+
+@dataclass(frozen=True, repr=False)
+class OpCase:
+    """A module whose traced graph calls ``key``, fed ``(1, channels, *sizes)``
+    with ``dims`` spatial axes.  ``text`` is its forward pass in one line."""
+
+    key: Any
+    module: nn.Module
+    channels: int
+    dims: int
+    text: str
+    needs_cuda: bool = False
+
+    def __repr__(self) -> str:
+        return f"OpCase({rules.key_name(self.key)}: {self.text}; channels={self.channels}, dims={self.dims})"
+
+
+class _Call(nn.Module):
+    """``forward(x) = function(self, x)``: fx traces through ``function``."""
+
+    def __init__(self, function: Callable, text: str, modules=None, tensors=None):
+        super().__init__()
+        self.function = function
+        self.text = text
+        for name, module in (modules or {}).items():
+            setattr(self, name, module)
+        for name, tensor in (tensors or {}).items():
+            self.register_buffer(name, tensor)
+
+    def forward(self, x):
+        return self.function(self, x)
+
+    def extra_repr(self) -> str:
+        return self.text
+
+
+def _retargeted(module: nn.Module, find, op: str, target, swap: bool = False, drop=()) -> torch.fx.GraphModule:
+    """Trace ``module`` and turn its first call of ``find`` into ``op``/``target``
+    (for keys fx never records on its own: ``x.__radd__(2)``, ``F.sigmoid``)."""
+    graph_module = torch.fx.symbolic_trace(module)
+    for node in graph_module.graph.nodes:
+        if node.target is find or node.target == find and isinstance(find, str):
+            node.op, node.target = op, target
+            if swap:
+                node.args = (node.args[1], node.args[0], *node.args[2:])
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k not in drop}
+            break
+    else:
+        raise AssertionError(f"{module.text}: no call of {find!r} to retarget")
+    graph_module.recompile()
+    return graph_module
+
+
+OP_CASES: dict[Any, Callable[[], st.SearchStrategy]] = {}
+
+
+def _cases(*keys):
+    """Register ``factory(key)`` as the case strategy of every key."""
+
+    def register(factory):
+        for key in dict.fromkeys(keys):
+            if key in OP_CASES:
+                raise ValueError(f"two case factories for {key!r}")
+            OP_CASES[key] = functools.partial(factory, key)
+        return factory
+
+    return register
+
+
+def _name(key) -> str:
+    return rules.key_name(key)
+
+
+def _dims_of(key, default=(1, 2, 3)) -> tuple:
+    text = key.__name__ if isinstance(key, type) else getattr(key, "__name__", str(key))
+    for nd in (1, 2, 3):
+        if text.endswith(f"{nd}d"):
+            return (nd,)
+    return default
+
+
+_channel_counts = st.integers(1, 3)
+
+
+def _pre_layers(dims: int):
+    """Nothing, or a small pool in front of the op: its input is then a
+    floor expression, not the bare symbol.  A 1-d case always has one: a
+    one-part input (``H``) means a square image unless a layer says 1-d."""
+    pools = pool_layers(dims, max_kernel_size=3, max_stride=2)
+    return pools if dims == 1 else st.one_of(st.none(), pools)
+
+
+def _pre_text(pre) -> str:
+    return "x" if pre is None else "pre(x)"
+
+
+def _call_case(key, dims, channels, function, text, pre=None, modules=None, tensors=None, **extra):
+    modules = dict(modules or {})
+    if pre is not None:
+        modules["pre"] = pre
+
+    def forward(self, x, function=function):
+        return function(self, self.pre(x) if pre is not None else x)
+
+    if pre is not None:
+        text = f"{text} with pre={pre!r}"
+    module = _Call(forward, text, modules, tensors).eval()
+    return OpCase(key, module, channels, dims, text, **extra)
+
+
+# --- convolutions -----------------------------------------------------------
+
+
+@_cases(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@st.composite
+def _conv_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(conv_layers(nd, in_channels=c))
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.conv1d, F.conv2d, F.conv3d)
+@st.composite
+def _functional_conv_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(conv_layers(nd, in_channels=c, padding_modes=("zeros",)))
+    weight = torch.randn(layer.weight.shape)
+    bias = torch.randn(layer.out_channels) if draw(st.booleans()) else None
+    stride, padding, dilation, groups = layer.stride, layer.padding, layer.dilation, layer.groups
+    pre = draw(_pre_layers(nd))
+
+    def forward(self, x):
+        return key(x, self.weight, self.bias if bias is not None else None, stride, padding, dilation, groups)
+
+    text = f"{_name(key)}({_pre_text(pre)}, weight{tuple(weight.shape)}, stride={stride}, padding={padding!r}, dilation={dilation}, groups={groups})"
+    return _call_case(key, nd, c, forward, text, pre, tensors={"weight": weight, "bias": bias})
+
+
+@_cases(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@st.composite
+def _transposed_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(transposed_conv_layers(nd, in_channels=c))
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+# --- pooling ------------------------------------------------------------------
+
+
+@_cases(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+@st.composite
+def _pool_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    layer = draw(pool_layers(nd, kinds=("max",) if key.__name__.startswith("Max") else ("avg",)))
+    if key.__name__.startswith("Max"):
+        layer.return_indices = draw(st.booleans())  # then the forward returns (values, indices)
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
+        F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+@st.composite
+def _functional_pool_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    is_max = "max" in key.__name__
+    kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 2 if is_max else 1))
+    pre = draw(_pre_layers(nd))
+    if key in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
+        call = functools.partial(key, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
+                                 ceil_mode=ceil_mode)
+    elif is_max:  # torch.max_poolNd: stride=[] means "the kernel"
+        call = lambda x: key(x, kernel, stride if stride is not None else [], padding, dilation, ceil_mode)  # noqa: E731
+    else:
+        include_pad = draw(st.booleans())
+        call = lambda x: key(x, kernel, stride if stride is not None else kernel, padding, ceil_mode, include_pad)  # noqa: E731
+    text = f"{_name(key)}({_pre_text(pre)}, kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode})"
+    return _call_case(key, nd, c, lambda self, x: call(x), text, pre)
+
+
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_ADAPTIVE_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+                       F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+
+
+@_cases(*_ADAPTIVE_MODULES, *_ADAPTIVE_FUNCTIONS)
+@st.composite
+def _adaptive_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    targets = st.integers(1, 6) if nd == 1 else st.one_of(st.integers(1, 6), st.none())
+    output_size = draw(st.integers(1, 6)) if nd == 1 else draw(st.one_of(
+        st.integers(1, 6), st.tuples(*[targets] * nd)))
+    pre = draw(_pre_layers(nd))
+    if isinstance(key, type):
+        # a max pool may return (values, indices)
+        layer = key(output_size, return_indices=True) if "Max" in key.__name__ and draw(st.booleans()) else key(output_size)
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    text = f"{_name(key)}({_pre_text(pre)}, {output_size!r})"
+    return _call_case(key, nd, c, lambda self, x: key(x, output_size), text, pre)
+
+
+_WITH_INDICES = {F.max_pool1d_with_indices: F.max_pool1d, F.max_pool2d_with_indices: F.max_pool2d,
+                 F.max_pool3d_with_indices: F.max_pool3d, F.adaptive_max_pool1d_with_indices: F.adaptive_max_pool1d,
+                 F.adaptive_max_pool2d_with_indices: F.adaptive_max_pool2d,
+                 F.adaptive_max_pool3d_with_indices: F.adaptive_max_pool3d}
+
+
+@_cases(*_WITH_INDICES)
+@st.composite
+def _pool_with_indices_cases(draw, key):
+    """F.max_pool2d(x, ..., return_indices=True), which fx records as
+    max_pool2d_with_indices; the forward returns (values, indices), one of
+    them."""
+    public = _WITH_INDICES[key]
+    (nd,) = _dims_of(public)
+    c = draw(_channel_counts)
+    if "adaptive" in key.__name__:
+        output_size = draw(st.integers(1, 6))
+        call = lambda x: public(x, output_size, return_indices=True)  # noqa: E731
+        shown = f"{output_size!r}"
+    else:
+        kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 2))
+        call = lambda x: public(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)  # noqa: E731
+        shown = f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode}"
+    pick = draw(st.sampled_from(("both", "values", "indices")))
+    pre = draw(_pre_layers(nd))
+
+    def forward(self, x):
+        values, indices = call(x)
+        return (values, indices) if pick == "both" else values if pick == "values" else indices
+
+    text = f"{_name(public)}({_pre_text(pre)}, {shown}, return_indices=True) -> {pick}"
+    return _call_case(key, nd, c, forward, text, pre)
+
+
+_UNPOOL_MODULES = (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+_UNPOOL_FUNCTIONS = (F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
+
+
+@_cases(*_UNPOOL_MODULES, *_UNPOOL_FUNCTIONS)
+@st.composite
+def _unpool_cases(draw, key):
+    """SegNet's pattern: pool with indices, then unpool back to the pooled
+    input's size (x.shape[2:] or x.size()), so every index lands inside the
+    output.  Without output_size an index can fall outside when the pooled
+    input was larger than the default output: that depends on the values,
+    so the cases always pass one."""
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 1))
+    pool = _MAXPOOL[nd](kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    whole = draw(st.booleans())  # output_size with batch and channel, as x.size() gives it
+    pre = draw(_pre_layers(nd))
+    if isinstance(key, type):
+        unpool = key(kernel, stride, padding)
+
+        def forward(self, x):
+            values, indices = self.pool(x)
+            return self.unpool(values, indices, output_size=x.size() if whole else x.shape[2:])
+
+        modules = {"pool": pool, "unpool": unpool}
+        text = f"{unpool!r}({pool!r}({_pre_text(pre)}), output_size={'x.size()' if whole else 'x.shape[2:]'})"
+    else:
+        def forward(self, x):
+            values, indices = self.pool(x)
+            return key(values, indices, kernel, stride, padding, output_size=x.size() if whole else x.shape[2:])
+
+        modules = {"pool": pool}
+        text = f"{_name(key)}({pool!r}({_pre_text(pre)}), kernel={kernel}, stride={stride}, padding={padding})"
+    return _call_case(key, nd, c, forward, text, pre, modules)
+
+
+# --- resampling ------------------------------------------------------------
+
+
+@_cases(F.interpolate, F.upsample, nn.Upsample)
+@st.composite
+def _resampling_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key is nn.Upsample:
+        layer = draw(resampling_layers(nd))
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    kwargs = draw(_resampling_parameters(nd, _RESAMPLING_MODES[nd], 32, DYADIC_SCALE_FACTORS))
+    if key is F.upsample:
+        kwargs.pop("recompute_scale_factor", None)  # F.upsample predates it
+    # size= taken from the input before `pre`: resize back to the input size
+    back_to_input = pre is not None and "size" in kwargs and draw(st.booleans())
+    if back_to_input:
+        del kwargs["size"]
+
+    def forward(self, x):
+        size = {"size": x.shape[2:]} if back_to_input else {}
+        y = self.pre(x) if pre is not None else x
+        return F.interpolate(y, **size, **kwargs)
+
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    text = f"{_name(key)}({_pre_text(pre)}{', size=x.shape[2:]' if back_to_input else ''}, {shown})"
+    if pre is not None:
+        text = f"{text} with pre={pre!r}"
+    module = _Call(forward, text, {"pre": pre} if pre is not None else {}).eval()
+    if key is F.upsample:
+        module = _retargeted(module, F.interpolate, "call_function", F.upsample,
+                             drop=("recompute_scale_factor", "antialias"))
+    return OpCase(key, module, c, nd, text)
+
+
+# --- padding ------------------------------------------------------------------
+
+_PAD_MODULES = {
+    "constant": (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
+    "reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
+    "replicate": (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
+    "circular": (nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d),
+}
+
+
+def _pad_amounts(mode: str):
+    # Negative amounts crop, in every mode (mixed signs included).
+    return st.integers(-3, 4)
+
+
+@_cases(*[m for group in _PAD_MODULES.values() for m in group])
+@st.composite
+def _pad_module_cases(draw, key):
+    (nd,) = _dims_of(key)
+    mode = next(mode for mode, group in _PAD_MODULES.items() if key in group)
+    c = draw(_channel_counts)
+    padding = draw(st.one_of(_pad_amounts(mode), st.tuples(*[_pad_amounts(mode)] * (2 * nd))))
+    layer = key(padding, 0.5) if key.__name__.startswith("Constant") else key(padding)
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases(F.pad)
+@st.composite
+def _functional_pad_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    mode = draw(st.sampled_from(("constant", "reflect", "replicate", "circular")))
+    # any length: a non-constant mode refuses most of them at every size
+    axes = draw(st.integers(1, nd + 1))
+    pad = draw(st.tuples(*[_pad_amounts(mode)] * (2 * axes)))
+    pre = draw(_pre_layers(nd))
+    text = f"F.pad({_pre_text(pre)}, {pad}, mode={mode!r})"
+    return _call_case(key, nd, c, lambda self, x: F.pad(x, pad, mode=mode), text, pre)
+
+
+# --- shape-preserving ops ------------------------------------------------------
+
+
+def _pointwise_module(key, c: int, nd: int, draw):
+    if key is nn.PReLU:
+        return nn.PReLU(draw(st.sampled_from((1, c))))
+    if key is nn.GroupNorm:
+        return nn.GroupNorm(draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0])), c)
+    if key in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+        return key(c, affine=draw(st.booleans()), track_running_stats=draw(st.booleans()))
+    if key is nn.LayerNorm:
+        return nn.LayerNorm(draw(st.lists(st.integers(1, 5), min_size=1, max_size=nd).map(tuple)))
+    if key is nn.LocalResponseNorm:
+        return nn.LocalResponseNorm(draw(st.integers(1, 3)))
+    if key in (nn.Softmax, nn.LogSoftmax):
+        return key(dim=draw(st.integers(-nd - 2, nd + 1)))
+    if key in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
+        return key(draw(st.sampled_from((0.0, 0.5))))
+    if key is nn.LeakyReLU:
+        return nn.LeakyReLU(0.1)
+    return key()
+
+
+#: the registry's shape-keeping ops (activations, dropout, norms, dtype and
+#: device moves): a rule added to one of them gets its case here unedited
+_POINTWISE_KEYS = tuple(key for key, found in rules.RULES.items()
+                        if found.name in ("shape_preserving", "layer_norm", "group_norm", "instance_norm"))
+_POINTWISE_MODULES = tuple(key for key in _POINTWISE_KEYS if isinstance(key, type))
+_POINTWISE_METHODS = tuple(key for key in _POINTWISE_KEYS if isinstance(key, str))
+_POINTWISE_FUNCTIONS = tuple(key for key in _POINTWISE_KEYS if not isinstance(key, (type, str)))
+
+
+@_cases(*_POINTWISE_MODULES)
+@st.composite
+def _pointwise_module_cases(draw, key):
+    if key is nn.Softmax2d:
+        dims = (2,)
+    elif key is nn.Dropout1d:
+        dims = (1,)
+    elif key is nn.Dropout2d:
+        dims = (2,)
+    elif key is nn.Dropout3d:
+        dims = (3,)
+    else:
+        dims = _dims_of(key)
+    nd = draw(st.sampled_from(dims))
+    c = draw(_channel_counts)
+    layer = _pointwise_module(key, c, nd, draw)
+    pre = draw(_pre_layers(nd))
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+def _pointwise_call(key, c: int, nd: int, draw) -> tuple[Callable, str, dict]:
+    """The call of a pointwise function ``key`` as (call(self, x), text, buffers)."""
+    name = _name(key)
+    if key in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize):
+        dim = draw(st.integers(-nd - 2, nd + 1))
+        return (lambda self, x: key(x, dim)), f"{name}(x, {dim})", {}
+    if key is F.group_norm:
+        groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+        return (lambda self, x: F.group_norm(x, groups)), f"F.group_norm(x, {groups})", {}
+    if key is F.layer_norm:
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=nd)))
+        return (lambda self, x: F.layer_norm(x, shape)), f"F.layer_norm(x, {shape})", {}
+    if key is F.instance_norm:
+        if draw(st.booleans()):
+            return (lambda self, x: F.instance_norm(x)), "F.instance_norm(x)", {}
+        call = lambda self, x: F.instance_norm(x, self.mean, self.var, use_input_stats=False)  # noqa: E731
+        return call, "F.instance_norm(x, mean, var, use_input_stats=False)", {"mean": torch.zeros(c), "var": torch.ones(c)}
+    if key in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+        return (lambda self, x: key(x, 0.5, False)), f"{name}(x, 0.5, training=False)", {}
+    if key is F.leaky_relu:
+        return (lambda self, x: F.leaky_relu(x, 0.2)), "F.leaky_relu(x, 0.2)", {}
+    if key is torch.clamp:
+        return (lambda self, x: torch.clamp(x, min=0.0, max=1.0)), "torch.clamp(x, 0, 1)", {}
+    if key is torch.sqrt:
+        return (lambda self, x: torch.sqrt(x.abs())), "torch.sqrt(x.abs())", {}
+    return (lambda self, x: key(x)), f"{name}(x)", {}
+
+
+#: functions fx records as something else (F.sigmoid calls x.sigmoid())
+_TRACED_AS = {F.sigmoid: ("call_method", "sigmoid"), F.tanh: ("call_method", "tanh")}
+
+
+@_cases(*_POINTWISE_FUNCTIONS)
+@st.composite
+def _pointwise_function_cases(draw, key):
+    dims = {F.dropout1d: (1,), F.dropout2d: (2,), F.dropout3d: (3,)}.get(key, (1, 2, 3))
+    nd = draw(st.sampled_from(dims))
+    c = draw(_channel_counts)
+    call, text, tensors = _pointwise_call(key, c, nd, draw)
+    pre = draw(_pre_layers(nd))
+    case = _call_case(key, nd, c, call, text.replace("(x", f"({_pre_text(pre)}", 1), pre, tensors=tensors)
+    if key in _TRACED_AS:
+        op, target = _TRACED_AS[key]
+        return OpCase(key, _retargeted(case.module, target, "call_function", key), c, nd, case.text)
+    return case
+
+
+_METHOD_ARGUMENTS = {
+    "clamp": ((), {"min": 0.0}), "clamp_": ((), {"max": 1.0}), "softmax": ((1,), {}), "log_softmax": ((-1,), {}),
+    "to": ((torch.float64,), {}), "type": ((torch.float64,), {}), "mul_": ((2.0,), {}), "add_": ((1.0,), {}),
+    "div_": ((2.0,), {}),
+}
+
+
+@_cases(*_POINTWISE_METHODS)
+@st.composite
+def _pointwise_method_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    args, kwargs = _METHOD_ARGUMENTS.get(key, ((), {}))
+    pre = draw(_pre_layers(nd))
+    if key == "type_as":
+        call = lambda self, x: x.type_as(x.double())  # noqa: E731
+        text = f"{_pre_text(pre)}.type_as({_pre_text(pre)}.double())"
+    elif key == "sqrt":
+        call = lambda self, x: x.abs().sqrt()  # noqa: E731
+        text = f"{_pre_text(pre)}.abs().sqrt()"
+    else:
+        call = lambda self, x: getattr(x, key)(*args, **kwargs)  # noqa: E731
+        shown = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        text = f"{_pre_text(pre)}.{key}({shown})"
+    return _call_case(key, nd, c, call, text, pre, needs_cuda=key == "cuda")
+
+
+@_cases(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, F.batch_norm)
+@st.composite
+def _batch_norm_cases(draw, key):
+    nd = draw(st.sampled_from(_dims_of(key)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key is F.batch_norm:
+        text = f"F.batch_norm({_pre_text(pre)}, running_mean, running_var, training=False)"
+        call = lambda self, x: F.batch_norm(x, self.running_mean, self.running_var, training=False)  # noqa: E731
+        return _call_case(key, nd, c, call, text, pre,
+                          tensors={"running_mean": torch.zeros(c), "running_var": torch.ones(c)})
+    layer = key(c).eval()
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+# --- arithmetic and merges -------------------------------------------------------
+
+_BINARY = {
+    operator.add: operator.add, torch.add: operator.add, "add": operator.add, "__add__": operator.add,
+    "__radd__": operator.add, operator.sub: operator.sub, torch.sub: operator.sub, "sub": operator.sub,
+    "__sub__": operator.sub, "__rsub__": operator.sub, operator.mul: operator.mul, torch.mul: operator.mul,
+    "mul": operator.mul, "__mul__": operator.mul, "__rmul__": operator.mul, operator.truediv: operator.truediv,
+    torch.div: operator.truediv, torch.true_divide: operator.truediv, "div": operator.truediv,
+    "__truediv__": operator.truediv, operator.floordiv: operator.floordiv, "__floordiv__": operator.floordiv,
+    torch.maximum: torch.maximum, torch.minimum: torch.minimum,
+}
+#: dunder methods fx records as operator calls; the case retargets the node
+_DUNDER = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__floordiv__"}
+
+
+def _binary_call(key) -> Callable:
+    """``call(a, b)`` calling exactly ``key`` (dunders are retargeted later)."""
+    if key in _DUNDER or callable(key) and key.__module__ == "_operator":
+        return _BINARY[key]
+    if isinstance(key, str):
+        return lambda a, b: getattr(a, key)(b)
+    return key
+
+
+def _branch_layers(nd: int):
+    """A second path from the same tensor: its sizes may differ (then the
+    merge's domain is where they agree or one is 1)."""
+    global_pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[nd]
+    return st.one_of(pool_layers(nd, max_kernel_size=3, max_stride=2),
+                     st.builds(nn.Identity), st.builds(global_pool, st.just(1)))
+
+
+@_cases(*_BINARY)
+@st.composite
+def _binary_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    call = _binary_call(key)
+    swap = key in ("__radd__", "__rsub__", "__rmul__")
+    tensor_only = key in (torch.maximum, torch.minimum)
+    forms = ["scalar", "reduced", "branch"] if not tensor_only else ["reduced", "branch"]
+    if callable(key) and getattr(key, "__module__", None) == "_operator" or key == "__floordiv__":
+        forms.append("size")
+    if key in _DUNDER:
+        forms = ["scalar"]
+    form = draw(st.sampled_from(forms))
+    s = _pre_text(pre)
+    modules = {}
+    if form == "scalar":
+        scalar = draw(st.sampled_from((2, 3, 0.5)))
+        body = (lambda self, x: call(scalar, x)) if swap else (lambda self, x: call(x, scalar))
+        text = f"{s}.{key}({scalar})" if key in _DUNDER else f"{_name(key)}({s}, {scalar})"
+    elif form == "reduced":
+        axis = draw(st.integers(2, nd + 1))
+        body = lambda self, x: call(x, x.amax(axis, keepdim=True))  # noqa: E731
+        text = f"{_name(key)}({s}, {s}.amax({axis}, keepdim=True))"
+    elif form == "branch":
+        modules["branch"] = draw(_branch_layers(nd))
+        first = draw(st.booleans())
+        body = (lambda self, x: call(x, self.branch(x))) if first else (lambda self, x: call(self.branch(x), x))
+        text = f"{_name(key)}({s}, branch({s}))" if first else f"{_name(key)}(branch({s}), {s})"
+        text += f" with branch={modules['branch']!r}"
+    else:
+        # sizes: x[..., :size op c] on the last axis, exercising the rule on ints
+        c2 = draw(st.integers(1, 4))
+        body = lambda self, x: x[..., : call(x.size(-1), c2)]  # noqa: E731
+        if key in (operator.truediv,):
+            body = lambda self, x: x[..., : int(call(x.size(-1), c2))]  # noqa: E731
+        text = f"{s}[..., :{_name(key)}({s}.size(-1), {c2})]"
+    case = _call_case(key, nd, c, body, text, pre, modules)
+    if key in _DUNDER:
+        module = _retargeted(case.module, call, "call_method", key, swap=swap)
+        return OpCase(key, module, c, nd, case.text)
+    return case
+
+
+@_cases(operator.mod, operator.neg)
+@st.composite
+def _size_arithmetic_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    q = draw(st.integers(1, 5))
+    if key is operator.mod:
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x % q), f"x % {q}"
+        else:
+            body, text = (lambda self, x: x[..., x.size(-1) % q:]), f"x[..., x.size(-1) % {q}:]"
+    elif draw(st.booleans()):
+        body, text = (lambda self, x: -x), "-x"
+    else:
+        body, text = (lambda self, x: x[..., -(x.size(-1) // q):]), f"x[..., -(x.size(-1) // {q}):]"
+    return _call_case(key, nd, c, body, text.replace("x", _pre_text(pre)), pre)
+
+
+@_cases(torch.cat, torch.concat, torch.concatenate, torch.stack)
+@st.composite
+def _concatenation_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    branch = draw(st.one_of(_branch_layers(nd), conv_layers(nd, in_channels=c, max_kernel_size=3, max_stride=2,
+                                                            padding_modes=("zeros",))))
+    dim = draw(st.integers(-(nd + 2), nd + 1)) if key is not torch.stack else draw(st.integers(-(nd + 3), nd + 2))
+    call = (lambda a, b: key((a, b), dim=dim)) if key is not torch.concatenate else (lambda a, b: key((a, b), axis=dim))
+    first = draw(st.booleans())
+    body = (lambda self, x: call(x, self.branch(x))) if first else (lambda self, x: call(self.branch(x), x))
+    s = _pre_text(pre)
+    pair = f"{s}, branch({s})" if first else f"branch({s}), {s}"
+    text = f"{_name(key)}(({pair}), {dim}) with branch={branch!r}"
+    return _call_case(key, nd, c, body, text, pre, {"branch": branch})
+
+
+# --- sizes and indexing ----------------------------------------------------------
+
+
+@st.composite
+def _slice_bounds(draw, axis: int):
+    """A slice of ``axis``: None, a constant (negative or past the end), or
+    computed from ``x.size(axis)``; traced slices carry the size nodes."""
+    def bound():
+        return st.one_of(
+            st.none(),
+            st.integers(-12, 12).map(lambda v: ("const", v)),
+            st.tuples(st.sampled_from(("minus", "half", "neg_half")), st.integers(0, 5)))
+    return draw(bound()), draw(bound()), draw(st.sampled_from((None, 1, 2, 3)))
+
+
+def _bound_value(x, axis: int, spec):
+    if spec is None:
+        return None
+    kind, v = spec
+    if kind == "const":
+        return v
+    n = x.size(axis)
+    if kind == "minus":
+        return n - v
+    if kind == "half":
+        return n // 2 + v
+    return -(n // 2) - v
+
+
+def _bound_text(axis: int, spec) -> str:
+    if spec is None:
+        return ""
+    kind, v = spec
+    return {"const": f"{v}", "minus": f"x.size({axis}) - {v}", "half": f"x.size({axis}) // 2 + {v}",
+            "neg_half": f"-(x.size({axis}) // 2) - {v}"}[kind]
+
+
+@_cases(operator.getitem)
+@st.composite
+def _getitem_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    slices = [draw(_slice_bounds(axis)) for axis in range(2, 2 + nd)]
+    channel = draw(st.sampled_from(("all", "index", "newaxis", "ellipsis")))
+
+    def body(self, x):
+        spatial = tuple(slice(_bound_value(x, a, lo), _bound_value(x, a, hi), step)
+                        for a, (lo, hi, step) in zip(range(2, 2 + nd), slices))
+        if channel == "index":
+            return x[:, 0, *spatial]
+        if channel == "newaxis":
+            return x[:, None, :, *spatial]
+        if channel == "ellipsis":
+            return x[..., *spatial]
+        return x[:, :, *spatial]
+
+    shown = ", ".join(f"{_bound_text(a, lo)}:{_bound_text(a, hi)}" + (f":{step}" if step else "")
+                      for a, (lo, hi, step) in zip(range(2, 2 + nd), slices))
+    head = {"all": ":, :, ", "index": ":, 0, ", "newaxis": ":, None, :, ", "ellipsis": "..., "}[channel]
+    text = f"x[{head}{shown}]" if pre is None else f"x = pre(x); x[{head}{shown}]"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("size", "dim", builtins.getattr, builtins.len, builtins.int)
+@st.composite
+def _size_query_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    v = draw(st.integers(0, 3))
+    if key == "size":
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : x.size()[-1] - v]), f"x[..., :x.size()[-1] - {v}]"
+        else:
+            body, text = (lambda self, x: x[:, :, x.size(2) // 2:]), "x[:, :, x.size(2) // 2:]"
+    elif key == "dim":
+        body, text = (lambda self, x: x.sum(x.dim() - 1, keepdim=True)), "x.sum(x.dim() - 1, keepdim=True)"
+    elif key is builtins.getattr:
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : x.shape[-1] - v]), f"x[..., :x.shape[-1] - {v}]"
+        else:
+            body, text = (lambda self, x: x.sum(x.ndim - 1)), "x.sum(x.ndim - 1)"
+    elif key is builtins.len:
+        body, text = (lambda self, x: x[:, :, : len(x.shape) + v]), f"x[:, :, :len(x.shape) + {v}]"
+    else:
+        # exact in double precision; 0.7 and friends are refused (test_rules)
+        factor = draw(st.sampled_from((0.5, 0.25, 1.5, 0.75)))
+        if draw(st.booleans()):
+            body, text = (lambda self, x: x[..., : int(x.size(-1) * factor)]), f"x[..., :int(x.size(-1) * {factor})]"
+        else:
+            body, text = (lambda self, x: x[..., : int(x.size(-1) / (v + 2))]), f"x[..., :int(x.size(-1) / {v + 2})]"
+    return _call_case(key, nd, c, body, text if pre is None else f"x = pre(x); {text}", pre)
+
+
+# --- reshaping ----------------------------------------------------------------
+
+
+@_cases("view", "reshape", torch.reshape)
+@st.composite
+def _reshape_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    call = (lambda x, *s: torch.reshape(x, s)) if key is torch.reshape else (lambda x, *s: getattr(x, key)(*s))
+    form = draw(st.sampled_from(("same", "merge", "split_channels", "fixed_last")))
+    if form == "same":
+        body = lambda self, x: call(x, *[x.size(a) for a in range(nd + 2)])  # noqa: E731
+        text = f"(x, {', '.join(f'x.size({a})' for a in range(nd + 2))})"
+    elif form == "merge":
+        body = lambda self, x: call(x, x.size(0), x.size(1), -1)  # noqa: E731
+        text = "(x, x.size(0), x.size(1), -1)"
+    elif form == "split_channels":
+        body = lambda self, x: call(x, x.size(0), 1, x.size(1), *[x.shape[a] for a in range(2, nd + 2)])  # noqa: E731
+        text = f"(x, x.size(0), 1, x.size(1), {', '.join(f'x.shape[{a}]' for a in range(2, nd + 2))})"
+    else:
+        last = draw(st.integers(1, 4))
+        body = lambda self, x: call(x, 1, c, -1, last)  # noqa: E731
+        text = f"(x, 1, {c}, -1, {last})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.replace('x', _pre_text(pre))}", pre)
+
+
+@_cases(torch.flatten, "flatten", nn.Flatten)
+@st.composite
+def _flatten_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    start = draw(st.integers(0, nd + 1))
+    end = draw(st.integers(start, nd + 1)) - (nd + 2) * draw(st.booleans())
+    if key is nn.Flatten:
+        layer = nn.Flatten(start, end)
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+    if key is torch.flatten:
+        body = lambda self, x: torch.flatten(x, start, end)  # noqa: E731
+    else:
+        body = lambda self, x: x.flatten(start, end)  # noqa: E731
+    return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {start}, {end})", pre)
+
+
+@_cases(nn.Linear)
+@st.composite
+def _linear_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    flatten = nd == 1 and draw(st.booleans())
+    # on the last (spatial) axis: the domain is the one size that matches
+    layer = nn.Linear(draw(st.integers(1, 6)) * (c if flatten else 1), draw(st.integers(1, 3)))
+    if flatten:
+        return _call_case(key, nd, c, lambda self, x: self.op(x.flatten(1)),
+                          f"{layer!r}({_pre_text(pre)}.flatten(1))", pre, {"op": layer})
+    return _call_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}({_pre_text(pre)})", pre, {"op": layer})
+
+
+@_cases("permute", torch.permute, "transpose", torch.transpose)
+@st.composite
+def _reorder_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key in ("permute", torch.permute):
+        order = tuple(draw(st.permutations(range(nd + 2))))
+        order = tuple(a - (nd + 2) if draw(st.booleans()) else a for a in order)
+        body = (lambda self, x: x.permute(*order)) if key == "permute" else (lambda self, x: torch.permute(x, order))
+        text = f"{_name(key)}({_pre_text(pre)}, {order})"
+    else:
+        a, b = draw(st.integers(-(nd + 2), nd + 1)), draw(st.integers(-(nd + 2), nd + 1))
+        body = (lambda self, x: x.transpose(a, b)) if key == "transpose" else (lambda self, x: torch.transpose(x, a, b))
+        text = f"{_name(key)}({_pre_text(pre)}, {a}, {b})"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("unsqueeze", torch.unsqueeze, "squeeze", torch.squeeze)
+@st.composite
+def _rank_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    if key in ("unsqueeze", torch.unsqueeze):
+        dim = draw(st.integers(-(nd + 3), nd + 2))
+        body = (lambda self, x: x.unsqueeze(dim)) if key == "unsqueeze" else (lambda self, x: torch.unsqueeze(x, dim))
+        return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {dim})", pre)
+    # squeeze the batch axis, or a spatial axis pooled to size 1
+    pooled = draw(st.booleans())
+    dim = draw(st.integers(2, nd + 1)) if pooled else draw(st.sampled_from((0, (0,), -(nd + 2))))
+    squeeze = (lambda t: t.squeeze(dim)) if key == "squeeze" else (lambda t: torch.squeeze(t, dim))
+    if pooled:
+        body = lambda self, x: squeeze(x.amax(dim, keepdim=True))  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}.amax({dim}, keepdim=True), {dim})"
+    else:
+        body = lambda self, x: squeeze(x)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {dim})"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases("mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin)
+@st.composite
+def _reduction_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    axes = draw(st.lists(st.integers(1, nd + 1), min_size=1, max_size=nd + 1, unique=True))
+    dim = axes[0] if len(axes) == 1 and draw(st.booleans()) else tuple(axes)
+    keepdim = draw(st.booleans())
+    # a crop may empty the last axis first: sum/mean of nothing is fine, amax is not
+    crop = draw(st.sampled_from((0, 0, 3, 6)))
+    if isinstance(key, str):
+        body = lambda self, x: getattr(x[..., crop:], key)(dim, keepdim=keepdim)  # noqa: E731
+        text = f"{_pre_text(pre)}[..., {crop}:].{key}({dim}, keepdim={keepdim})"
+    else:
+        body = lambda self, x: key(x[..., crop:], dim, keepdim=keepdim)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}[..., {crop}:], {dim}, keepdim={keepdim})"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+# --- ops that return several tensors ---------------------------------------------
+
+
+def _invoke(key, x, *args, **kwargs):
+    """``x.key(...)`` for a method name, ``key(x, ...)`` for a function."""
+    return getattr(x, key)(*args, **kwargs) if isinstance(key, str) else key(x, *args, **kwargs)
+
+
+def _picked(result, pick):
+    """One part of a (values, indices) result, as models take it."""
+    if pick == "both":
+        return result
+    if pick in ("values", "indices"):
+        return getattr(result, pick)
+    return result[pick]
+
+
+_PICKS = st.sampled_from(("both", 0, 1, "values", "indices"))
+
+
+@_cases(torch.max, torch.min, "max", "min")
+@st.composite
+def _max_min_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    form = draw(st.sampled_from(("all", "dim", "dim_keyword", "other")))
+    # a crop may empty the last axis: max over nothing is an error
+    crop = draw(st.sampled_from((0, 0, 3, 6)))
+    dim = draw(st.integers(-(nd + 2), nd + 1))
+    keepdim = draw(st.booleans())
+    pick = draw(_PICKS)
+
+    def body(self, x):
+        x = x[..., crop:]
+        if form == "all":
+            return _invoke(key, x)
+        if form == "other":
+            return _invoke(key, x, x * 2)
+        if form == "dim":
+            return _picked(_invoke(key, x, dim, keepdim), pick)
+        return _picked(_invoke(key, x, dim=dim, keepdim=keepdim), pick)
+
+    text = f"{_name(key)}({_pre_text(pre)}[..., {crop}:], form={form}, dim={dim}, keepdim={keepdim}) -> {pick}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases(torch.sort, "sort", torch.topk, "topk")
+@st.composite
+def _order_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dim = draw(st.integers(-(nd + 2), nd + 1))
+    pick = draw(_PICKS)
+    if key in (torch.sort, "sort"):
+        descending = draw(st.booleans())
+        body = lambda self, x: _picked(_invoke(key, x, dim, descending), pick)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {dim}, descending={descending}) -> {pick}"
+    else:
+        k = draw(st.integers(0, 6))
+        largest = draw(st.booleans())
+        body = lambda self, x: _picked(_invoke(key, x, k, dim, largest), pick)  # noqa: E731
+        text = f"{_name(key)}({_pre_text(pre)}, {k}, {dim}, largest={largest}) -> {pick}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+@_cases(torch.split, "split")
+@st.composite
+def _split_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))  # a spatial axis
+    v = draw(st.integers(0, 4))
+    form = draw(st.sampled_from(("channels_int", "channels_list", "spatial_rest", "spatial_fixed", "spatial_short")))
+    if form == "channels_int":
+        size = draw(st.integers(1, 4))
+        body, text = (lambda self, x: _invoke(key, x, size, 1)), f"({{x}}, {size}, 1)"
+    elif form == "channels_list":
+        sizes = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3))  # must add up to the channels
+        body, text = (lambda self, x: _invoke(key, x, sizes, 1)), f"({{x}}, {sizes}, 1)"
+    elif form == "spatial_rest":
+        body, text = (lambda self, x: _invoke(key, x, [x.shape[a] - v, v], a)), f"({{x}}, [x.shape[{a}] - {v}, {v}], {a})"
+    elif form == "spatial_fixed":
+        sizes = [v, draw(st.integers(0, 4))]  # the one size they add up to
+        body, text = (lambda self, x: _invoke(key, x, sizes, a)), f"({{x}}, {sizes}, {a})"
+    else:
+        # an axis cut to at most v + 1 fits one piece of v + 1: one tensor at every size
+        body = lambda self, x: _invoke(key, x[(slice(None),) * a + (slice(0, v + 1),)], v + 1, a)  # noqa: E731
+        text = f"({{x}}[{':, ' * a}:{v + 1}], {v + 1}, {a})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.chunk, "chunk")
+@st.composite
+def _chunk_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    chunks = draw(st.integers(1, 4))
+    form = draw(st.sampled_from(("channels", "spatial_one", "spatial_multiple", "spatial_fixed")))
+    if form == "channels":
+        # 3 channels in 2 chunks: pieces of 2 and 1; in 4 chunks: only 3 pieces
+        body, text = (lambda self, x: _invoke(key, x, chunks, 1)), f"({{x}}, {chunks}, 1)"
+    elif form == "spatial_one":
+        body, text = (lambda self, x: _invoke(key, x, 1, a)), f"({{x}}, 1, {a})"
+    elif form == "spatial_multiple":
+        # an axis cut to a multiple of `chunks`: `chunks` pieces at every size (empty ones at 0)
+        def body(self, x):
+            n = x.shape[a]
+            return _invoke(key, x[(slice(None),) * a + (slice(0, n // chunks * chunks),)], chunks, a)
+        text = f"({{x}}[{':, ' * a}:x.shape[{a}] // {chunks} * {chunks}], {chunks}, {a})"
+    else:
+        # a fixed length (at most 5): fewer pieces than asked where they run out (5 in 4: 2, 2, 1)
+        length = draw(st.integers(1, 5))
+        body = lambda self, x: _invoke(key, x[(slice(None),) * a + (slice(0, length),)].amax(a, keepdim=True).expand(  # noqa: E731
+            *[-1] * a, length, *[-1] * (nd + 1 - a)), chunks, a)
+        text = f"({{x}}[{':, ' * a}:{length}].amax({a}, keepdim=True).expand(..., {length}, ...), {chunks}, {a})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.unbind, "unbind")
+@st.composite
+def _unbind_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    form = draw(st.sampled_from(("batch", "channels", "pooled")))
+    if form == "pooled":
+        a = draw(st.integers(2, nd + 1))  # a spatial axis reduced to one element
+        body, text = (lambda self, x: _invoke(key, x.amax(a, keepdim=True), a)), f"({{x}}.amax({a}, keepdim=True), {a})"
+    else:
+        dim = 0 if form == "batch" else draw(st.sampled_from((1, -(nd + 1))))
+        body, text = (lambda self, x: _invoke(key, x, dim)), f"({{x}}, {dim})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.narrow, "narrow")
+@st.composite
+def _narrow_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dim = draw(st.integers(1, nd + 1)) - (nd + 2) * draw(st.booleans())
+    start = draw(st.integers(-4, 4))
+    length = draw(st.integers(-1, 4))
+    relative = draw(st.booleans())  # length = what remains after start, less length
+
+    def body(self, x):
+        if relative:
+            return _invoke(key, x, dim, start, x.shape[dim] - abs(start) - length)
+        return _invoke(key, x, dim, start, length)
+
+    shown = f"x.shape[{dim}] - {abs(start)} - {length}" if relative else f"{length}"
+    return _call_case(key, nd, c, body, f"{_name(key)}({_pre_text(pre)}, {dim}, {start}, {shown})", pre)
+
+
+# --- broadcasting copies and reorderings ----------------------------------------------
+
+
+@_cases("expand", "expand_as", "repeat")
+@st.composite
+def _copy_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    m = draw(st.integers(0, 4))
+    if key == "repeat":
+        counts = [draw(st.integers(0, 2)) for _ in range(nd + 2)]
+        lead = draw(st.lists(st.integers(1, 2), max_size=1))
+        body, text = (lambda self, x: x.repeat(*lead, *counts)), f"({{x}}, {tuple(lead + counts)})"
+    elif key == "expand_as":
+        # onto a tensor with the axis reduced to 1: a size-1 axis expands to the other's size
+        body = lambda self, x: x.amax(a, keepdim=True).expand_as(x)  # noqa: E731
+        text = f"({{x}}.amax({a}, keepdim=True), {{x}})"
+    else:
+        form = draw(st.sampled_from(("keep", "from_one", "fixed", "lead")))
+        if form == "keep":
+            body, text = (lambda self, x: x.expand(*[-1] * (nd + 2))), f"({{x}}, {(-1,) * (nd + 2)})"
+        elif form == "from_one":
+            body = lambda self, x: x.amax(a, keepdim=True).expand(*[-1] * a, m, *[-1] * (nd + 1 - a))  # noqa: E731
+            text = f"({{x}}.amax({a}, keepdim=True), axis {a} to {m})"
+        elif form == "fixed":
+            # a size that matches only where the axis is m (or 1)
+            body = lambda self, x: x.expand(*[-1] * a, m, *[-1] * (nd + 1 - a))  # noqa: E731
+            text = f"({{x}}, axis {a} to {m})"
+        else:
+            body = lambda self, x: x.expand(2, *[x.shape[i] for i in range(nd + 2)])  # noqa: E731
+            text = "({x}, 2, *x.shape)"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+@_cases(torch.flip, "flip", torch.roll, "roll")
+@st.composite
+def _reorder_in_place_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dims = tuple(draw(st.lists(st.integers(-(nd + 2), nd + 1), min_size=1, max_size=2,
+                               unique_by=lambda d: d % (nd + 2))))
+    if key in (torch.flip, "flip"):
+        body = (lambda self, x: torch.flip(x, dims)) if key is torch.flip else (lambda self, x: x.flip(*dims))
+        text = f"({{x}}, {dims})"
+    else:
+        shifts = tuple(draw(st.integers(-5, 5)) for _ in dims)
+        flat = draw(st.booleans())
+        if flat:
+            body = (lambda self, x: torch.roll(x, shifts[0])) if key is torch.roll else (lambda self, x: x.roll(shifts[0]))
+            text = f"({{x}}, {shifts[0]})"
+        else:
+            body = (lambda self, x: torch.roll(x, shifts, dims)) if key is torch.roll else (lambda self, x: x.roll(shifts, dims))
+            text = f"({{x}}, {shifts}, {dims})"
+    return _call_case(key, nd, c, body, f"{_name(key)}{text.format(x=_pre_text(pre))}", pre)
+
+
+# --- size comparisons, assertions, linear layers, sub-pixel rearrangements ------------
+
+_COMPARISONS = {operator.eq: "==", operator.ne: "!=", operator.lt: "<", operator.le: "<=", operator.gt: ">",
+                operator.ge: ">="}
+
+
+@_cases(*_COMPARISONS, torch._assert)
+@st.composite
+def _comparison_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    compare = key if key in _COMPARISONS else draw(st.sampled_from(list(_COMPARISONS)))
+    a = draw(st.integers(2, nd + 1))
+    m, v = draw(st.integers(1, 4)), draw(st.integers(0, 8))
+    form = draw(st.sampled_from(("size", "residue", "rank", "shape", "tensor") if compare in (operator.eq, operator.ne)
+                                else ("size", "residue", "rank", "tensor")))
+    shown = _COMPARISONS[compare]
+    if form == "tensor":
+        # an elementwise comparison of tensors: a bool tensor, no assertion
+        return _call_case(key, nd, c, lambda self, x: compare(x, x * 2), f"x {shown} x * 2", pre) \
+            if key in _COMPARISONS else _call_case(key, nd, c, lambda self, x: (torch._assert(compare(x.size(1), c), "c"), x)[1],
+                                                   f"_assert(x.size(1) {shown} {c})", pre)
+    if form == "size":
+        condition, text = (lambda x: compare(x.shape[a], v)), f"x.shape[{a}] {shown} {v}"
+    elif form == "residue":
+        condition, text = (lambda x: compare(x.shape[a] % m, v % m)), f"x.shape[{a}] % {m} {shown} {v % m}"
+    elif form == "rank":
+        condition, text = (lambda x: compare(x.ndim, nd + v % 3)), f"x.ndim {shown} {nd + v % 3}"
+    else:
+        condition, text = (lambda x: compare(x.shape[2:], (v,) * nd)), f"x.shape[2:] {shown} {(v,) * nd}"
+
+    def body(self, x):
+        torch._assert(condition(x), f"the model asks {text}")
+        return x
+
+    return _call_case(key, nd, c, body, f"x = {_pre_text(pre)}; torch._assert({text})", pre)
+
+
+@_cases(F.linear)
+@st.composite
+def _functional_linear_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    channel_last = draw(st.booleans())  # features on the channel axis moved last, spatial axes in front
+    features = c if channel_last else draw(st.integers(1, 6))  # else the last spatial axis is the features
+    out = draw(st.one_of(st.none(), st.integers(1, 3)))  # None: a 1-d weight
+    weight = torch.randn(features) if out is None else torch.randn(out, features)
+    bias = None if out is None or not draw(st.booleans()) else torch.randn(out)
+    order = (0, *range(2, nd + 2), 1)
+
+    def forward(self, x):
+        x = x.permute(*order) if channel_last else x
+        return F.linear(x, self.weight, self.bias if bias is not None else None)
+
+    text = f"F.linear({_pre_text(pre)}{f'.permute{order}' if channel_last else ''}, weight{tuple(weight.shape)})"
+    return _call_case(key, nd, c, forward, text, pre, tensors={"weight": weight, "bias": bias})
+
+
+@_cases(nn.PixelShuffle, nn.PixelUnshuffle, F.pixel_shuffle, F.pixel_unshuffle)
+@st.composite
+def _pixel_rearrangement_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    factor = draw(st.integers(1, 3))
+    shuffle = key in (nn.PixelShuffle, F.pixel_shuffle)
+    # a 1x1 conv to a channel count that may or may not be a multiple of factor**2
+    channels = draw(st.integers(1, 9)) if shuffle else c
+    conv = nn.Conv1d(c, channels, 1) if nd == 1 else nn.Conv2d(c, channels, 1) if nd == 2 else nn.Conv3d(c, channels, 1)
+    if isinstance(key, type):
+        layer = key(factor)
+        body = lambda self, x: self.op(self.conv(x))  # noqa: E731
+        text = f"{layer!r}({conv!r}({_pre_text(pre)}))"
+        return _call_case(key, nd, c, body, text, pre, {"op": layer, "conv": conv})
+    body = lambda self, x: key(self.conv(x), factor)  # noqa: E731
+    return _call_case(key, nd, c, body, f"{_name(key)}({conv!r}({_pre_text(pre)}), {factor})", pre, {"conv": conv})
+
+
+# --- new tensors, library ops keyed by name, matrix products, axis moves ---------------
+
+
+@_cases(torch.empty, torch.zeros, torch.ones)
+@st.composite
+def _new_tensor_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    a = draw(st.integers(2, nd + 1))
+    k, q = draw(st.integers(-2, 6)), draw(st.integers(1, 3))
+    typed = draw(st.booleans())  # fx records a size list only (torch.empty(*proxies) does not trace)
+
+    def body(self, x):
+        sizes = [x.shape[0], 0, x.shape[a] // q - k]  # smp's dummy feature: (B, 0, H // 2, W // 2)
+        return key(sizes, dtype=x.dtype, device=x.device) if typed else key(sizes)
+
+    text = f"{_name(key)}(x.shape[0], 0, x.shape[{a}] // {q} - {k}, dtype=x.dtype) of {_pre_text(pre)}"
+    return _call_case(key, nd, c, body, text, pre)
+
+
+def _torchvision_ops():
+    """torchvision.ops, or skip the case: shapecalc does not depend on torchvision."""
+    import unittest
+
+    try:
+        import torchvision.ops
+    except Exception as error:  # not installed, or its compiled ops do not load
+        raise unittest.SkipTest(f"torchvision.ops does not import ({type(error).__name__})") from None
+    return torchvision.ops
+
+
+@_cases(rules.QualifiedName("torchvision.ops.stochastic_depth.stochastic_depth"))
+@st.composite
+def _stochastic_depth_cases(draw, key):
+    ops = _torchvision_ops()
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    p = draw(st.sampled_from((0.0, 0.2, 1.0, 1.5)))
+    mode = draw(st.sampled_from(("row", "batch", "col")))
+    training = draw(st.booleans())
+    # through the module: fx records the function only where torchvision calls it
+    layer = ops.StochasticDepth(p, mode)
+    case = _call_case(key, nd, c, lambda self, x: self.op(x) * 2,
+                      f"{layer!r}(training={training})({_pre_text(pre)})", pre, {"op": layer})
+    layer.train(training)  # the case module is put in eval mode; the layer alone may train
+    return case
+
+
+_MATMUL_FORMS = ("weight", "vector", "gram", "dot", "batch_broadcast")
+
+
+@_cases(torch.matmul, "matmul", operator.matmul, "__matmul__", torch.bmm, "bmm")
+@st.composite
+def _matrix_product_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    batched = key in (torch.bmm, "bmm")
+    form = draw(st.sampled_from(("weight", "gram") if batched else _MATMUL_FORMS))
+    s, k = draw(st.integers(1, 6)), draw(st.integers(1, 3))  # the last axis must be s for a weight
+    call = operator.matmul if key in (operator.matmul, "__matmul__") else torch.matmul if key is torch.matmul \
+        else torch.bmm if key is torch.bmm else (lambda a, b: getattr(a, key)(b))
+    if batched:
+        flat = (lambda x: x.flatten(2)) if nd > 1 else (lambda x: x)  # (1, c, L): 3-d
+        if form == "weight":
+            tensors = {"w": torch.randn(1, s, k)}
+            body, text = (lambda self, x: call(flat(x), self.w)), f"bmm(flat({{x}}), w(1, {s}, {k}))"
+        else:
+            body, text = (lambda self, x: call(flat(x), flat(x).transpose(1, 2))), "bmm(flat({x}), flat({x}).mT)"
+    elif form == "weight":
+        tensors = {"w": torch.randn(s, k)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w({s}, {k})"
+    elif form == "vector":
+        tensors = {"w": torch.randn(s)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w({s},)"
+    elif form == "gram":
+        body, text = (lambda self, x: call(x, x.transpose(-1, -2))), "{x} @ {x}.mT"
+    elif form == "dot":
+        body, text = (lambda self, x: call(x.flatten(), x.flatten())), "{x}.flatten() @ {x}.flatten()"
+    else:
+        tensors = {"w": torch.randn(2, 1, s, k)}
+        body, text = (lambda self, x: call(x, self.w)), f"{{x}} @ w(2, 1, {s}, {k})"
+    tensors = tensors if form in ("weight", "vector", "batch_broadcast") else None
+    text = f"{_name(key)}: {text.format(x=_pre_text(pre))}"
+    if key == "__matmul__":  # fx records a @ b as operator.matmul, never the method
+        case = _call_case(key, nd, c, body, text, pre, tensors=tensors)
+        return OpCase(key, _retargeted(case.module, operator.matmul, "call_method", key), c, nd, case.text)
+    return _call_case(key, nd, c, body, text, pre, tensors=tensors)
+
+
+@_cases(torch.movedim, torch.moveaxis, "movedim", "moveaxis")
+@st.composite
+def _axis_move_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    rank = nd + 2
+    count = draw(st.integers(1, rank))
+    source = draw(st.lists(st.integers(-rank, rank - 1), min_size=count, max_size=count, unique_by=lambda d: d % rank))
+    destination = draw(st.lists(st.integers(-rank, rank - 1), min_size=count, max_size=count,
+                                unique_by=lambda d: d % rank))
+    single = count == 1 and draw(st.booleans())
+    src, dst = (source[0], destination[0]) if single else (tuple(source), tuple(destination))
+    round_trip = draw(st.booleans())  # channels last and back, as ConvNeXt blocks do
+
+    def body(self, x):
+        y = _invoke(key, x, src, dst)
+        return _invoke(key, y * 2, dst, src) if round_trip else y
+
+    text = f"{_name(key)}({_pre_text(pre)}, {src}, {dst}){' and back' if round_trip else ''}"
+    return _call_case(key, nd, c, body, text, pre)

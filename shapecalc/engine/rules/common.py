@@ -1,0 +1,66 @@
+"""Small helpers."""
+
+from __future__ import annotations
+
+from typing import Optional
+import sympy
+from shapecalc._errors import UnsupportedOpError
+from shapecalc.audits import receptive
+from shapecalc.engine.symbolic import (eq, format_expr, ge)
+from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
+from shapecalc.engine.rules.registry import RuleContext
+
+
+def _spatial_axes(count: int) -> str:
+    return f"{count} spatial {'axis' if count == 1 else 'axes'}"
+
+
+def _per_axis(value, count: int, what: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return tuple(value) * count
+        if len(value) != count:
+            raise UnsupportedOpError(f"{what} {tuple(value)} has {len(value)} entries for {_spatial_axes(count)}")
+        return tuple(value)
+    return (value,) * count
+
+
+def _expect_tensor(value, what: str) -> SymbolicTensor:
+    if not isinstance(value, SymbolicTensor):
+        raise UnsupportedOpError(f"{what} expected a tensor, got {type(value).__name__}")
+    return value
+
+
+def _spatial_count(x: SymbolicTensor, nd: int) -> None:
+    if len(x.spatial) != nd:
+        raise UnsupportedOpError(f"a {nd}-d spatial op got a tensor with {_spatial_axes(len(x.spatial))}")
+
+
+def _nonempty(ctx: RuleContext, sizes) -> None:
+    for size in sizes:
+        ctx.require(ge(size, 1), f"needs a non-empty input (size {format_expr(size)})")
+
+
+def _axis_geometry(scale, shift, rf, window) -> AxisGeometry:
+    """An axis's geometry; where the exact window is known its widest extent
+    is the receptive field (the per-op formulas assume every index's field
+    has the same width, which a staircase of transposed convs breaks)."""
+    widest = receptive.widest(window)
+    return AxisGeometry(scale, shift, rf if widest is None else sympy.Integer(widest), window)
+
+
+def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_left: int, dilation: int):
+    """Coordinate map and receptive field after a conv or pool window."""
+    if g is None:
+        return None
+    span = dilation * (kernel - 1)
+    rf = None if g.rf is None or g.stride is None else g.rf + span * g.stride
+    if g.position_free:
+        return g
+    shift = (g.shift + pad_left - sympy.Rational(span, 2)) / stride
+    return _axis_geometry(g.scale / stride, shift, rf, receptive.conv_window(g.window, kernel, stride, pad_left, dilation))
+
+
+def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> None:
+    if x.ndim >= 2:
+        ctx.require(eq(x.shape[1], expected), f"{what} expects {expected} input channels, got {format_expr(x.shape[1])}")
