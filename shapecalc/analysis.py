@@ -22,7 +22,8 @@ from shapecalc.engine.propagate import META_KEY, SizeInterpreter
 from shapecalc.audits.resampling import ResampleAlignment, resample_alignments
 from shapecalc.engine.symbolic import display_form, format_expr
 from shapecalc.engine.tensors import IDENTITY, SymbolicTensor
-from shapecalc.capture.trace import InputSpec, check_fidelity, parse_input_spec, spatial_dimensions_and_channels, trace_module, trace_notes
+from shapecalc.capture.trace import (InputSpec, check_fidelity, op_label, parse_input_spec, spatial_dimensions_and_channels,
+                                     trace_module, trace_notes)
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,6 @@ class Analysis:
         raise KeyError(name)
 
 
-def _op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
-    if node.op == "placeholder":
-        return "input"
-    if node.op == "call_module":
-        return type(graph_module.get_submodule(node.target)).__name__
-    if node.op == "call_method":
-        return f".{node.target}"
-    return getattr(node.target, "__name__", str(node.target))
-
-
 def _params(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
     """The params column: what the node's rule shows of its parameters
     (``k3 s2 p1 d2 ceil``, ``bilinear x2``, ``[:, :, 1:5]``)."""
@@ -181,7 +172,7 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     for node in graph_module.graph.nodes:
         value = node.meta.get(META_KEY)
         if isinstance(value, SymbolicTensor) and value.spatial and node.op != "output":
-            layers.append(Layer(node.name, _op_label(node, graph_module), _params(node, graph_module), value))
+            layers.append(Layer(node.name, op_label(node, graph_module), _params(node, graph_module), value))
     crops = crop_alignments(graph_module, interpreter.crops, domain, input_tensor)
     merges = merge_alignments(graph_module, domain)
     resamples = resample_alignments(graph_module, domain)

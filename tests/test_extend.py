@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import sympy
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import shapecalc
 from shapecalc.cli import main

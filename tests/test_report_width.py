@@ -6,7 +6,6 @@ test_cli/test_json_contract; here a meta forward pass checks that what
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

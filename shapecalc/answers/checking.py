@@ -19,8 +19,8 @@ import sympy
 from shapecalc._errors import InputSpecError, ShapecalcError, SizeError
 from shapecalc.analysis import Analysis, analyze
 from shapecalc.engine.domain import DomainError, condition_set
-from shapecalc.engine.symbolic import as_expr, compiled, evaluate, format_expr
-from shapecalc.capture.specs import parse_expected_output, shorten
+from shapecalc.engine.symbolic import as_expr, axes_text, compiled, evaluate, value_text
+from shapecalc.capture.specs import parse_expected_output
 from shapecalc.capture.trace import InputSpec, parse_input_spec
 
 CHECK_JSON_VERSION = 1
@@ -109,20 +109,6 @@ class CheckReport:
 # small helpers
 
 
-def _text(value) -> str:
-    if value is None:
-        return "?"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return value if isinstance(value, str) else format_expr(value)
-
-
-def _axes(values: Sequence) -> str:
-    """Per-axis values, once when every axis agrees (``9`` or ``8 x 9``)."""
-    texts = [_text(v) for v in values]
-    return texts[0] if texts and len(set(texts)) == 1 else " x ".join(texts)
-
-
 def _where(counterexample: Optional[dict], analysis: Analysis) -> str:
     if counterexample:
         return ", ".join(f"{k}={v}" for k, v in counterexample.items())
@@ -152,7 +138,7 @@ def _values_at(values: Sequence, env: Optional[dict]) -> Optional[str]:
     if env is None or not any(isinstance(v, sympy.Basic) and v.free_symbols for v in values):
         return None
     try:
-        return _axes([evaluate(v, env) for v in values])
+        return axes_text([evaluate(v, env) for v in values])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
 
@@ -163,7 +149,7 @@ def _suffix(counterexample: Optional[dict], analysis: Analysis, shown: list[tupl
     env = _env(analysis, counterexample)
     numbers = [(label, _values_at(values, env)) for label, values in shown]
     if any(text is not None for _, text in numbers):
-        details = ", ".join(f"{label} {text if text is not None else _axes(values)}"
+        details = ", ".join(f"{label} {text if text is not None else axes_text(values)}"
                             for (label, text), (_, values) in zip(numbers, shown))
         return f" ({where}: {details})" if where else f" ({details})"
     return f" ({where})" if where else ""
@@ -180,15 +166,15 @@ def _is_zero(value) -> bool:
 def _crop_findings(analysis: Analysis) -> list[Finding]:
     findings = []
     for crop in analysis.crops:
-        offset, required = _axes(crop.offset), _axes(crop.required)
+        offset, required = axes_text(crop.offset), axes_text(crop.required)
         if crop.aligned is True:
             continue
         if crop.aligned is False:
             counterexample = crop.counterexample if analysis.symbols else None
             message = (f"crop offset {offset} where {required} aligns with {crop.partner}"
                        + _suffix(counterexample, analysis, [("offset", crop.offset), ("needs", crop.required)]))
-            findings.append(Finding(ERROR, "crop", crop.name, message, tuple(map(_text, crop.offset)),
-                                    tuple(map(_text, crop.required)), counterexample))
+            findings.append(Finding(ERROR, "crop", crop.name, message, tuple(map(value_text, crop.offset)),
+                                    tuple(map(value_text, crop.required)), counterexample))
             continue
         if crop.merge is None:
             why = "it feeds no merge or output, so nothing says where it must start"
@@ -197,7 +183,7 @@ def _crop_findings(analysis: Analysis) -> list[Finding]:
         else:
             why = "alignment could not be decided for every valid size"
         findings.append(Finding(WARNING, "crop", crop.name, f"crop offset {offset} not checked: {why}",
-                                tuple(map(_text, crop.offset)), tuple(map(_text, crop.required))))
+                                tuple(map(value_text, crop.offset)), tuple(map(value_text, crop.required))))
     return findings
 
 
@@ -212,14 +198,14 @@ def _merge_findings(analysis: Analysis, explained: set) -> list[Finding]:
         shift = tuple(merge.shift)
         if merge.aligned is False:
             counterexample = merge.counterexample if analysis.symbols else None
-            message = (f"merges {names} with pixel centres {_axes(shift)} px apart where 0 aligns"
+            message = (f"merges {names} with pixel centres {axes_text(shift)} px apart where 0 aligns"
                        + _suffix(counterexample, analysis, [("apart", shift)]))
-            findings.append(Finding(ERROR, "merge", merge.name, message, tuple(map(_text, shift)),
+            findings.append(Finding(ERROR, "merge", merge.name, message, tuple(map(value_text, shift)),
                                     tuple("0" for _ in shift), counterexample))
         else:
             why = merge.reason or "it could not be decided for every valid size"
             findings.append(Finding(WARNING, "merge", merge.name, f"alignment of {names} not checked: {why}",
-                                    tuple(map(_text, shift))))
+                                    tuple(map(value_text, shift))))
     return findings
 
 
@@ -316,10 +302,10 @@ def _resample_findings(analysis: Analysis, max_shift: Optional[float]) -> list[F
             continue
         what = f"{resample.mode}{' (align_corners=True)' if resample.align_corners else ''} resample"
         scans = [_scan_shift(s, max_shift, analysis) for s in shifts]
-        actual = tuple(map(_text, shifts))
+        actual = tuple(map(value_text, shifts))
         if any(scan is None for scan in scans):
             counterexample = resample.counterexample if analysis.symbols else None
-            message = (f"{what} shifts pixels by up to {_axes(shifts)} px"
+            message = (f"{what} shifts pixels by up to {axes_text(shifts)} px"
                        + _suffix(counterexample, analysis, [("shift", shifts)]))
             findings.append(Finding(WARNING, "resample", resample.name, message, actual, (), counterexample))
             continue
@@ -381,7 +367,7 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
         node = producers.get(name, name)
         if not sizes:
             # e.g. a classifier's (1, 5): an expectation about spatial sizes cannot hold
-            shape = "(" + ", ".join(map(_text, tensor.shape)) + ")"
+            shape = "(" + ", ".join(map(value_text, tensor.shape)) + ")"
             findings.append(Finding(ERROR, "output", node, f"{label} {shape} has no spatial axes where "
                                                            f"{expected.text} is expected", (), (expected.text,)))
             continue
@@ -399,10 +385,10 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
                 bad = True
                 counterexample = counterexample or analysis.domain.first_failure(condition)
         if bad:
-            message = (f"{label} size {_axes(sizes)} where {_axes(wanted)} is expected"
+            message = (f"{label} size {axes_text(sizes)} where {axes_text(wanted)} is expected"
                        + _suffix(counterexample, analysis, [("size", sizes), ("expected", wanted)]))
-            findings.append(Finding(ERROR, "output", node, message, tuple(map(_text, sizes)),
-                                    tuple(map(_text, wanted)), counterexample))
+            findings.append(Finding(ERROR, "output", node, message, tuple(map(value_text, sizes)),
+                                    tuple(map(value_text, wanted)), counterexample))
     return findings
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import sympy
 import torch
@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shapecalc._errors import InputSpecError
+from shapecalc.capture.trace import op_label
 from shapecalc.engine.propagate import META_KEY
 from shapecalc.engine.symbolic import evaluate, format_expr, largest
 from shapecalc.engine.tensors import SymbolicTensor
@@ -215,16 +216,6 @@ def storage_map(graph_module: torch.fx.GraphModule, input_shape) -> dict[str, li
     return recorder.storages
 
 
-def _op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
-    if node.op == "placeholder":
-        return "input"
-    if node.op == "call_module":
-        return type(graph_module.get_submodule(node.target)).__name__
-    if node.op == "call_method":
-        return f".{node.target}"
-    return getattr(node.target, "__name__", str(node.target))
-
-
 def cost(analysis, model: Optional[nn.Module] = None, *, dtype: str = "float32") -> Cost:
     """FLOPs, MACs, parameters and activation memory of ``analysis``'s model,
     as exact expressions in its input symbols (see the module docstring).
@@ -278,7 +269,7 @@ def cost(analysis, model: Optional[nn.Module] = None, *, dtype: str = "float32")
             module_params = 0
             if node.op == "call_module":
                 module_params = sum(p.numel() for p in graph_module.get_submodule(node.target).parameters())
-            layers.append(LayerCost(node.name, _op_label(node, graph_module), node_flops(node, graph_module),
+            layers.append(LayerCost(node.name, op_label(node, graph_module), node_flops(node, graph_module),
                                     module_params, _numel(value), itemsize(entries[0][2]), not fresh))
     missing = [sid for sid in created_at if sid not in sizes]
     if missing:

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 from shapecalc._errors import InputSpecError
 

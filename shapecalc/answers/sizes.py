@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-import sympy
 
-from shapecalc._errors import InputSpecError, ShapecalcError, SizeError
-from shapecalc.engine.domain import DomainError, PeriodicSet
-from shapecalc.engine.symbolic import evaluate, format_expr
+from shapecalc._errors import InputSpecError, ShapecalcError
+from shapecalc.engine.domain import PeriodicSet
+from shapecalc.engine.symbolic import evaluate
 
 SIZES_JSON_VERSION = 1
 #: the period beyond which the padding-multiple search is not attempted

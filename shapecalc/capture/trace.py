@@ -483,3 +483,16 @@ def signature_of(factory) -> str:
         return str(inspect.signature(factory))
     except (TypeError, ValueError):
         return "(...)"
+
+
+def op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
+    """What a graph node runs, for a person: the module's class
+    (``Conv2d``, a user's ``HalfSize``), ``.view`` for a tensor method, the
+    function's name, ``input`` for the input."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "call_module":
+        return type(graph_module.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f".{node.target}"
+    return getattr(node.target, "__name__", str(node.target))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import sympy
@@ -12,7 +12,7 @@ import torch.fx
 from shapecalc.engine import rules
 from shapecalc._errors import ShapecalcError, SizeError, UnsupportedOpError
 from shapecalc.engine.domain import Domain, Requirement
-from shapecalc.engine.symbolic import fold_multiple_of_floor, format_expr, ge, largest, le, merge_floor_terms, smallest
+from shapecalc.engine.symbolic import fold_multiple_of_floor, ge, largest, le, merge_floor_terms, smallest
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
 
 #: the one node.meta key shapecalc writes

@@ -492,3 +492,22 @@ def parse_size_text(text: str) -> int:
     if value < 1:
         raise InputSpecError(f"sizes must be positive, got {value}")
     return value
+
+
+def value_text(value) -> str:
+    """One value as shown to a person: a size expression in canonical form,
+    a float short (``7.5``), text as it is, ``?`` where unknown (None)."""
+    if value is None:
+        return "?"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else format_expr(value)
+
+
+def axes_text(values) -> str:
+    """Per-axis values, shown once when every axis has the same one
+    (``9`` or ``8 x 9``); empty for no axes."""
+    texts = [value_text(v) for v in values]
+    if not texts:
+        return ""
+    return texts[0] if len(set(texts)) == 1 else " x ".join(texts)

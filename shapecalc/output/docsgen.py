@@ -24,7 +24,7 @@ import torch.fx
 from shapecalc._errors import InputSpecError, ShapecalcError
 from shapecalc.analysis import Analysis
 from shapecalc.engine.propagate import META_KEY
-from shapecalc.engine.symbolic import evaluate, format_expr
+from shapecalc.engine.symbolic import axes_text, evaluate, format_expr
 from shapecalc.capture.specs import parse_sizes  # noqa: F401  (parsed torch-free; re-exported)
 from shapecalc.engine.tensors import SymbolicTensor
 
@@ -97,11 +97,6 @@ def _env_label(env: dict) -> str:
 # text helpers
 
 
-def _axes(values: Sequence) -> str:
-    texts = ["?" if v is None else (v if isinstance(v, str) else format_expr(v)) for v in values]
-    return texts[0] if texts and len(set(texts)) == 1 else " x ".join(texts)
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|") if text else " "
 
@@ -114,13 +109,13 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _values(exprs: Sequence, env: dict) -> str:
     try:
-        return _axes([evaluate(e, env) for e in exprs])
+        return axes_text([evaluate(e, env) for e in exprs])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return "?"
 
 
 def _geometry(tensor: SymbolicTensor, field: str) -> str:
-    return _axes([None if g is None else getattr(g, field) for g in tensor.geometry])
+    return axes_text([None if g is None else getattr(g, field) for g in tensor.geometry])
 
 
 def _code(text: str) -> str:
@@ -135,7 +130,7 @@ def _layers_section(analysis: Analysis, environments: list[dict]) -> list[str]:
     columns = ["layer", "op", "params", "size", *[_env_label(e) for e in environments], "stride", "rf"]
     rows = []
     for layer in analysis.layers:
-        rows.append([f"`{layer.name}`", layer.op, layer.params, _code(_axes(layer.spatial)),
+        rows.append([f"`{layer.name}`", layer.op, layer.params, _code(axes_text(layer.spatial)),
                      *[_values(layer.spatial, e) for e in environments],
                      _geometry(layer.tensor, "stride"), _geometry(layer.tensor, "rf")])
     return ["## Layers", "",
@@ -156,14 +151,14 @@ def _shifts(shifts, env: dict) -> str:
     from shapecalc.answers.checking import format_pixels, shift_value
 
     values = [shift_value(v, env) for v in shifts]
-    return "?" if any(v is None for v in values) else _axes([format_pixels(v) for v in values])
+    return "?" if any(v is None for v in values) else axes_text([format_pixels(v) for v in values])
 
 
 def _alignment_sections(analysis: Analysis, environments: list[dict]) -> list[str]:
     parts: list[str] = []
     parts += ["## Crops", ""]
     if analysis.crops:
-        rows = [[f"`{c.name}`", c.merge or "-", c.partner or "-", _code(_axes(c.offset)), _code(_axes(c.required)),
+        rows = [[f"`{c.name}`", c.merge or "-", c.partner or "-", _code(axes_text(c.offset)), _code(axes_text(c.required)),
                  _mark(c.aligned), _counterexample(c.counterexample)] for c in analysis.crops]
         parts += ["Offsets as the code slices them, next to the offsets that make the coordinate maps of the "
                   "cropped tensor and its partner equal (derived from the layers' geometry, not from sizes).", "",
@@ -174,7 +169,7 @@ def _alignment_sections(analysis: Analysis, environments: list[dict]) -> list[st
     merges = analysis.merges
     parts += ["", "## Merges", ""]
     if merges:
-        rows = [[f"`{m.name}`", ", ".join(f"`{i}`" for i in m.inputs), _code(_axes(m.shift)), _mark(m.aligned),
+        rows = [[f"`{m.name}`", ", ".join(f"`{i}`" for i in m.inputs), _code(axes_text(m.shift)), _mark(m.aligned),
                  _counterexample(m.counterexample)] for m in merges]
         parts += ["Tensors combined position by position, and how far apart (in input pixels) their pixel "
                   "centres are.", "", _table(["merge", "inputs", "shift (px)", "aligned", "counterexample"], rows)]
@@ -183,7 +178,7 @@ def _alignment_sections(analysis: Analysis, environments: list[dict]) -> list[st
     resamples = analysis.resamples
     if resamples:
         rows = [[f"`{r.name}`", r.mode, "-" if r.align_corners is None else str(r.align_corners),
-                 r.reference or "-", _code(_axes(r.max_shift)), *[_shifts(r.max_shift, e) for e in environments],
+                 r.reference or "-", _code(axes_text(r.max_shift)), *[_shifts(r.max_shift, e) for e in environments],
                  _mark(r.aligned), _counterexample(r.counterexample)]
                 for r in resamples]
         parts += ["", "## Resampling", "",
@@ -260,14 +255,14 @@ def _mermaid_section(analysis: Analysis) -> list[str]:
         box = box_of[name]
         for source in _tensor_inputs(nodes[name]):
             if source.name in box_of and box_of[source.name] != box:
-                edges.append((_mermaid_id(box_of[source.name]), _mermaid_id(box), _axes(layers[source.name].spatial)))
+                edges.append((_mermaid_id(box_of[source.name]), _mermaid_id(box), axes_text(layers[source.name].spatial)))
     output = next((n for n in nodes.values() if n.op == "output"), None)
     if output is not None:
         output_id = "output" if "output" not in layers else "output_"
         lines.append(f'  {output_id}(["output"])')
         for source in output.all_input_nodes:
             if source.name in box_of:
-                edges.append((_mermaid_id(box_of[source.name]), output_id, _axes(layers[source.name].spatial)))
+                edges.append((_mermaid_id(box_of[source.name]), output_id, axes_text(layers[source.name].spatial)))
     for source, target, size in dict.fromkeys(edges):
         lines.append(f'  {source} -->|"{_mermaid_text(size)}"| {target}')
     return ["## Layer graph", "",

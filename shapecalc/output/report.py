@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import sympy
 
 from shapecalc.output import layout
 from shapecalc.analysis import Analysis, Layer
 from shapecalc.audits.geometry import CropAlignment, MergeAlignment, describe_sizes
 from shapecalc.audits.resampling import ResampleAlignment
 from shapecalc.answers.sizes import EXCLUSION_COLUMNS, exclusion_rows, exclusions_data
-from shapecalc.engine.symbolic import format_expr
-from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
+from shapecalc.engine.symbolic import axes_text, format_expr
+from shapecalc.engine.tensors import SymbolicTensor
 
 JSON_VERSION = 1
 
@@ -147,22 +146,14 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
 # text forms shared by the table and Markdown
 
 
-def _axes_text(values) -> str:
-    """Per-axis values, shown once when every axis has the same one."""
-    texts = ["?" if v is None else (v if isinstance(v, str) else format_expr(v)) for v in values]
-    if not texts:
-        return ""
-    return texts[0] if len(set(texts)) == 1 else " x ".join(texts)
-
-
 def _mark(aligned: Optional[bool]) -> str:
     return {True: "✓", False: "✗", None: "?"}[aligned]
 
 
 def layer_row(layer: Layer) -> list[str]:
     data = layer_data(layer)
-    return [layer.name, layer.op, layer.params, _axes_text(data["spatial"]),
-            _axes_text(data["stride"]), _axes_text(data["center"]), _axes_text(data["rf"])]
+    return [layer.name, layer.op, layer.params, axes_text(data["spatial"]),
+            axes_text(data["stride"]), axes_text(data["center"]), axes_text(data["rf"])]
 
 
 LAYER_COLUMNS = ["layer", "op", "params", "size", "stride", "center", "rf"]
@@ -171,8 +162,8 @@ CROP_COLUMNS = ["crop", "feeds", "against", "offset (code)", "offset (derived)",
 
 def crop_row(crop: CropAlignment) -> list[str]:
     counterexample = ", ".join(f"{k}={v}" for k, v in (crop.counterexample or {}).items())
-    return [crop.name, crop.merge or "-", crop.partner or "-", _axes_text(crop.offset),
-            _axes_text(crop.required), _mark(crop.aligned), counterexample or "-"]
+    return [crop.name, crop.merge or "-", crop.partner or "-", axes_text(crop.offset),
+            axes_text(crop.required), _mark(crop.aligned), counterexample or "-"]
 
 
 MERGE_COLUMNS = ["merge", "inputs", "shift (px)", "aligned", "counterexample"]
@@ -186,13 +177,13 @@ def _counterexample_text(counterexample: Optional[dict]) -> str:
 
 def merge_row(merge: MergeAlignment) -> list[str]:
     inputs = ", ".join(f"{n} (position-free)" if n in merge.position_free else n for n in merge.inputs)
-    return [merge.name, inputs, _axes_text(merge.shift), _mark(merge.aligned), _counterexample_text(merge.counterexample)]
+    return [merge.name, inputs, axes_text(merge.shift), _mark(merge.aligned), _counterexample_text(merge.counterexample)]
 
 
 def resample_row(resample: ResampleAlignment) -> list[str]:
     corners = "-" if resample.align_corners is None else str(resample.align_corners)
     exact = "; ".join(describe_sizes(sizes, str(s)) for s, sizes in resample.exact.items()) or "-"
-    return [resample.name, resample.mode, corners, resample.reference or "own grid", _axes_text(resample.max_shift),
+    return [resample.name, resample.mode, corners, resample.reference or "own grid", axes_text(resample.max_shift),
             _mark(resample.aligned), exact, _counterexample_text(resample.counterexample)]
 
 
