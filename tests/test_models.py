@@ -185,8 +185,14 @@ def test_every_node_matches_a_real_forward_pass(key, height, width):
 
 
 SWEEP = range(1, 1025)
-# two halves per sweep, so that pytest -n 2 can share them out evenly
-HALVES = [range(1, 513), range(513, 1025)]
+# Two halves per sweep, so that pytest -n 2 can share them out evenly.  The first half already
+# proves what the whole sweep does: every size here is floor/ceil of an affine function of the
+# size before it, so each layer's size is quasi-affine in H with a period dividing the model's
+# total stride (32 for FCN-8s, 16 for DeepLab-v3): past the small sizes where clamps act,
+# f(H + P) = f(H) + c for engine and torch alike, and agreement on two whole periods fixes every
+# residue's offset and the slope c.  1..512 holds 16 periods of 32; the second half is kept
+# (marked slow) for large-number arithmetic, not for a new residue.
+HALVES = [range(1, 513), pytest.param(range(513, 1025), marks=pytest.mark.slow)]
 FIXED_HEIGHT = 37  # an odd height that is not a multiple of any stride
 
 
