@@ -251,11 +251,53 @@ def test_regnet_cannot_be_built_on_meta_and_is_built_on_cpu():
     assert "built on cpu" in notes and "Cannot copy out of meta tensor" in notes
 
 
+#: models valid at one image size only (a ViT's fixed position embedding):
+#: compared at that size, the domain against a meta sweep around it
+FIXED_SIZE = [
+    (_timm("vit_tiny_patch16_224"), 224),
+    (_tv("vit_b_16", slow=True), 224),
+]
+
+
+@pytest.mark.parametrize("model, size", [pytest.param(m, n, id=m.id, marks=[pytest.mark.slow] if m.slow else [])
+                                         for m, n in FIXED_SIZE])
+def test_a_fixed_size_model_is_valid_at_exactly_that_size(model, size):
+    analysis = _analysis(model)
+    _, on_meta = _built(model)
+    assert not analysis.domain.undecided
+    h, w = analysis.symbols
+    channels = int(analysis.input_tensor.shape[1])
+    disagreements = []
+    for height, width in [(size, size), (size - 16, size), (size, size + 16), (size - 1, size), (size, size + 1),
+                          (size + 16, size + 16), (size // 2, size // 2)]:
+        try:
+            with torch.no_grad():
+                on_meta(torch.empty(1, channels, height, width, device="meta"))
+            runs = True
+        except Exception:
+            runs = False
+        said = {h: height, w: width} in analysis.domain
+        if said != runs:
+            disagreements.append(f"{height}x{width}: torch {'runs' if runs else 'fails'}, shapecalc says "
+                                 f"{'valid' if said else 'invalid'}")
+    assert not disagreements, disagreements
+    env = {h: size, w: size}
+    truth = _Shapes(torch.fx.symbolic_trace(on_meta)).shapes_at((1, channels, size, size))
+    mismatches = [f"{layer.name}: torch {truth.get(layer.name)}, shapecalc {layer.tensor.shape}"
+                  for layer in analysis.layers
+                  if truth.get(layer.name) != tuple(int(evaluate(s, env)) for s in layer.tensor.shape)]
+    with torch.no_grad():
+        real = _flat_outputs(on_meta(torch.empty(1, channels, size, size, device="meta")))
+    predicted = {"" if key == "output" else f"[{key!r}]": tuple(int(evaluate(s, env)) for s in tensor.shape)
+                 for key, tensor in analysis.outputs.items()}
+    mismatches += [f"output{key}: torch {shape}, shapecalc {predicted.get(key)}" for key, shape in real.items()
+                   if predicted.get(key) != shape]
+    assert analysis.layers and not mismatches, mismatches[:5]
+
+
 #: models shapecalc cannot size yet, each with the piece it lacks (measured)
 MISSING = [
-    (_timm("vit_tiny_patch16_224"), "no size rule for scaled_dot_product_attention"),
     (_timm("swin_tiny_patch4_window7_224"), "advanced (tensor) indexing"),
-    (_tv("vit_b_16"), "no size rule for MultiheadAttention"),
     (_tv("swin_t"), "no size rule for _get_relative_position_bias"),
 ]
 

@@ -1271,3 +1271,83 @@ def _axis_move_cases(draw, key):
 
     text = f"{_name(key)}({_pre_text(pre)}, {src}, {dst}){' and back' if round_trip else ''}"
     return _call_case(key, nd, c, body, text, pre)
+
+
+# --- attention ----------------------------------------------------------------
+
+
+def _tokens(x):
+    """(1, C, *sizes) as (1, L, C): the sequence a ViT attends over."""
+    return x.flatten(2).transpose(1, 2)
+
+
+_ATTENTION_FORMS = ("self", "swapped", "memory", "memory_mask", "heads", "gqa")
+
+
+@_cases(F.scaled_dot_product_attention)
+@st.composite
+def _attention_cases(draw, key):
+    form = draw(st.sampled_from(_ATTENTION_FORMS))
+    nd = 2 if form in ("heads", "gqa") else draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    s, e = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    causal = draw(st.booleans()) and form != "memory_mask"
+    tensors = None
+    if form == "self":
+        body, text = (lambda self, x: key(x, x, x, is_causal=causal)), "sdpa({x}, {x}, {x})"
+    elif form == "swapped":  # the key's last axis is the query's second-last
+        body, text = (lambda self, x: key(x, x.mT, x.mT, is_causal=causal)), "sdpa({x}, {x}.mT, {x}.mT)"
+    elif form in ("memory", "memory_mask"):
+        mask_shape = draw(st.sampled_from(((s,), (1, s), (1, 1), (2, 1, s), (s + 1,)))) if form == "memory_mask" else None
+        tensors = {"k": torch.randn(s, c), "v": torch.randn(s, e)}
+        if mask_shape is not None:
+            tensors["mask"] = torch.randn(mask_shape)
+        body = (lambda self, x: key(_tokens(x), self.k, self.v, attn_mask=self.mask if mask_shape else None,
+                                    is_causal=causal))
+        text = f"sdpa(tokens({{x}}), k({s}, {c}), v({s}, {e}), mask={mask_shape})"
+    elif form == "heads":  # broadcast heads: query (1, 1, L, C), memory (2, S, C)
+        tensors = {"k": torch.randn(2, s, c), "v": torch.randn(2, s, e)}
+        body = (lambda self, x: key(_tokens(x).unsqueeze(1), self.k, self.v, is_causal=causal))
+        text = f"sdpa(tokens({{x}})[:, None], k(2, {s}, {c}), v(2, {s}, {e}))"
+    else:  # grouped-query: C query heads, g key/value heads (g must divide C)
+        g = draw(st.integers(1, 2))
+        body = (lambda self, x: key(x, x[:, :g], x[:, :g], is_causal=causal, enable_gqa=True))
+        text = f"sdpa({{x}}, {{x}}[:, :{g}], {{x}}[:, :{g}], enable_gqa=True)"
+    text = f"{text.format(x=_pre_text(pre))} is_causal={causal}"
+    return _call_case(key, nd, c, body, text, pre, tensors=tensors)
+
+
+@_cases(nn.MultiheadAttention)
+@st.composite
+def _multihead_attention_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2)))
+    c = draw(st.sampled_from((2, 4)))
+    pre = draw(_pre_layers(nd))
+    heads = draw(st.sampled_from((1, 2)))
+    layout = draw(st.sampled_from(("batch_first", "sequence_first", "unbatched")))
+    memory = draw(st.booleans())
+    kdim, vdim = (draw(st.sampled_from((None, 3))), draw(st.sampled_from((None, 1, 3)))) if memory else (None, None)
+    layer = nn.MultiheadAttention(c, heads, batch_first=layout == "batch_first", kdim=kdim, vdim=vdim,
+                                  add_bias_kv=draw(st.booleans()), add_zero_attn=draw(st.booleans()))
+    need_weights, average = draw(st.booleans()), draw(st.booleans())
+    s = draw(st.integers(1, 4))
+    padding_mask = memory and draw(st.booleans())
+
+    def arrange(t):  # (1, L, E) in the layer's layout
+        return t if layout == "batch_first" else t.transpose(0, 1) if layout == "sequence_first" else t[0]
+
+    tensors = {"k": arrange(torch.randn(1, s, kdim or c)), "v": arrange(torch.randn(1, s, vdim or c))} if memory else None
+    if padding_mask:
+        tensors["padding"] = torch.zeros(s, dtype=torch.bool) if layout == "unbatched" else torch.zeros(1, s, dtype=torch.bool)
+
+    def body(self, x):
+        q = arrange(_tokens(x))
+        k, v = (self.k, self.v) if memory else (q, q)
+        return self.op(q, k, v, key_padding_mask=self.padding if padding_mask else None, need_weights=need_weights,
+                       average_attn_weights=average)
+
+    text = (f"{layer!r}({layout}, memory={memory}, kdim={kdim}, vdim={vdim}, bias_kv={layer.bias_k is not None}, "
+            f"zero_attn={layer.add_zero_attn}, padding_mask={padding_mask}, need_weights={need_weights}, "
+            f"average={average})({_pre_text(pre)})")
+    return _call_case(key, nd, c, body, text, pre, {"op": layer}, tensors)

@@ -1076,6 +1076,8 @@ class Domain:
                     self._record_exclusion(requirement, symbol, before)
                     return
                 restriction = [_Cell({symbol: allowed})]
+            elif self.cells is None and self._failing_cells(requirement.condition) == []:
+                return  # holds at the one valid size per symbol (see _failing_cells)
             else:
                 restriction = condition_cells(requirement.condition)
             cells = _cells_intersection(self._cells_or_box(), restriction)
@@ -1141,6 +1143,10 @@ class Domain:
                 x, y = condition.lhs, condition.rhs
                 return [c for c in self._cells_or_box() if not any({x, y} <= tie for tie in c.ties)
                         and not _same_single_size(c.projection(x), c.projection(y))]
+            pinned = {s: self.sets[s].minimum() for s in symbols}
+            if self.cells is None and all(_same_single_size(self.sets[s], self.sets[s]) for s in symbols):
+                # one valid size per symbol (a ViT's fixed image size): the condition is a number there
+                return [] if bool(evaluate(condition, pinned)) else [_Cell({s: self.sets[s] for s in symbols})]
             return _cells_intersection(self._cells_or_box(), condition_cells(_negated(condition)))
         except DomainError:
             return None
