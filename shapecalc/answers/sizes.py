@@ -26,13 +26,14 @@ from typing import Any, Optional, Sequence, Union
 
 
 from shapecalc._errors import InputSpecError, ShapecalcError
+from shapecalc.capture.specs import shorten
 from shapecalc.engine.domain import PeriodicSet
 from shapecalc.engine.symbolic import evaluate
 
 SIZES_JSON_VERSION = 1
 #: the period beyond which the padding-multiple search is not attempted
 MAX_MULTIPLE_PERIOD = 1 << 12
-#: a --range may list its sizes one by one up to this many
+#: a range may list its sizes one by one up to this many
 LISTED_SIZES = 64
 #: producers shown before the failing node, per input
 CHAIN_HOPS = 3
@@ -225,7 +226,9 @@ class AxisAnswer:
             else:
                 edge = f"; crop to {self.below} instead" if self.below is not None else ""
                 parts.append(f"no valid {s} above {self.size}: padding cannot help{edge}")
-        if self.multiple is not None:
+        if self.multiple == 1:  # every size runs: a multiple of 1 is no advice
+            parts.append(f"every {s} >= 1 runs")
+        elif self.multiple is not None:
             parts.append(f"padding {s} to a multiple of {self.multiple} works for every {s}")
         elif not self.valid.is_empty():
             parts.append(f"no multiple works for every {s}")
@@ -295,12 +298,13 @@ def parse_range(text: Optional[str]) -> Optional[tuple[int, int]]:
         return None
     parts = text.strip().split("..")
     if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
-        raise InputSpecError(f"bad --range {text[:40]!r}: give A..B with positive integers, e.g. 200..260")
+        raise InputSpecError("give A..B with positive integers, e.g. 200..260", argument="range",
+                             value=shorten(text, 40))
     lo, hi = (int(p) for p in parts)
     if lo < 1 or hi < lo:
-        raise InputSpecError(f"bad --range {text[:40]!r}: need 1 <= A <= B")
+        raise InputSpecError("need 1 <= A <= B", argument="range", value=shorten(text, 40))
     if hi > 1 << 64:
-        raise InputSpecError(f"bad --range {text[:40]!r}: B is larger than 2**64")
+        raise InputSpecError("B is larger than 2**64", argument="range", value=shorten(text, 40))
     return lo, hi
 
 
@@ -310,9 +314,10 @@ def parse_near(text: Optional[str], count: int) -> Optional[tuple[int, ...]]:
         return None
     parts = [p.strip() for p in text.strip().split("x")]
     if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts) or len(parts) not in (1, count):
-        raise InputSpecError(f"bad --near {text[:40]!r}: give a positive size, or one per axis like 225x256")
+        raise InputSpecError("give a positive size, or one per axis like 225x256", argument="near",
+                             value=shorten(text, 40))
     if any(int(p) > 1 << 64 for p in parts):
-        raise InputSpecError(f"bad --near {text[:40]!r}: sizes larger than 2**64")
+        raise InputSpecError("sizes larger than 2**64", argument="near", value=shorten(text, 40))
     values = tuple(int(p) for p in parts)
     return values * count if len(values) == 1 else values
 
@@ -342,7 +347,7 @@ class SizesReport:
                 "joint": self.joint, "undecided": list(self.undecided), "exact": not self.undecided}
 
     def to_text(self) -> str:
-        lines = [f"{self.model} --input {self.input}"]
+        lines = [f"{self.model} with input {self.input!r}"]
         for answer, aligned in zip(self.axes, self.aligned):
             s = answer.symbol
             lines.append(f"valid {s}: {compact(answer.valid, s) if not answer.valid.is_empty() else f'no {s}'}")
@@ -420,7 +425,8 @@ def sizes_report(analysis, *, near: Union[str, Sequence[int], None] = None,
     """The valid sizes of a symbolic analysis, the nearest ones to ``near``
     (``225``, ``"225x256"`` or one int per symbol) and the padding rule."""
     if not analysis.symbols:
-        raise InputSpecError("sizes needs a symbolic --input (H, HxW); give the concrete size as --near")
+        raise InputSpecError("valid sizes need a symbolic input spec (H, HxW); give the concrete size as near",
+                             argument="input", value=analysis.input.text)
     if isinstance(near, str):
         near = parse_near(near, len(analysis.symbols))
     elif isinstance(near, int):
@@ -469,7 +475,7 @@ class SizeFailure:
     exact: bool = True
 
     def headline(self) -> str:
-        return (f"{self.model} with --input {self.input} at node {_where(self.node, self.module)!r}: "
+        return (f"{self.model} with input {self.input!r} at node {_where(self.node, self.module)!r}: "
                 f"{self.reason}")
 
     def chain_text(self) -> str:
