@@ -87,19 +87,28 @@ def _tracing(args):
         location, sep, name = leaf.rpartition(":")
         if not sep or not location or not all(part.isidentifier() for part in name.split(".")):
             raise_usage(f"bad --leaf {leaf[:80]!r}: expected package.module:Name or path/to/file.py:Name")
-    try:
-        concrete_args = parse_model_args(pairs)
-    except ShapecalcError as error:
-        raise_usage(str(error).replace("--arg", "--concrete"))
+    concrete_args = parse_model_args(pairs, argument="concrete")
     from shapecalc.capture.trace import tracing
 
     return tracing(leaf=leaves, concrete_args=concrete_args)
 
 
-def _error_line(error: ShapecalcError) -> str:
-    """The error as one line, its input spec named as the flag that gave it."""
-    text = error.message(input_text=lambda spec: f"--input {spec}") if hasattr(error, "message") else str(error)
-    return _one_line(text)
+#: per command, the flag of a library parameter not spelled ``--`` + its name
+_FLAGS = {"export-spec": {"max_size": "--max"}}
+
+
+def _flag(command: Optional[str], argument: str) -> str:
+    """The flag a person typed for the library's parameter ``argument``."""
+    return _FLAGS.get(command, {}).get(argument) or f"--{argument.replace('_', '-')}"
+
+
+def _error_line(error: ShapecalcError, command: Optional[str] = None) -> str:
+    """The error as one line, its input spec and bad parameter named as the
+    flags that gave them (the library names them in its own terms)."""
+    if not hasattr(error, "message"):
+        return _one_line(error)
+    return _one_line(error.message(input_text=lambda spec: f"--input {spec}",
+                                   argument_text=lambda argument: _flag(command, argument)))
 
 
 def _analysis(args):
@@ -226,7 +235,7 @@ def _explained_size_error(args, error) -> int:
         raise error
     print(json.dumps(failure.to_json(), indent=2) if args.format == "json" else failure.to_text(), end=""
           if args.format != "json" else "\n")
-    print(f"shapecalc {args.command}: error: {_error_line(error)}", file=sys.stderr)
+    print(f"shapecalc {args.command}: error: {_error_line(error, args.command)}", file=sys.stderr)
     return error.exit_code
 
 
@@ -525,7 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _tracing(args):
             return args.handler(args)
     except ShapecalcError as error:
-        print(f"shapecalc {args.command}: error: {_error_line(error)}", file=sys.stderr)
+        print(f"shapecalc {args.command}: error: {_error_line(error, args.command)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("shapecalc: interrupted", file=sys.stderr)

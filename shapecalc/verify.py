@@ -35,6 +35,7 @@ from shapecalc.engine.domain import Domain, PeriodicSet
 from shapecalc.engine.propagate import META_KEY, SizeInterpreter
 from shapecalc.engine.symbolic import evaluate, format_expr
 from shapecalc.engine.tensors import IDENTITY, SymbolicTensor
+from shapecalc.capture.specs import shorten
 from shapecalc.capture.trace import InputSpec, load_model, parse_input_spec, spatial_dimensions_and_channels, trace_module
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
@@ -50,7 +51,7 @@ INVALID_CHECKS = 4
 SHRINK_BUDGET = 64
 #: candidate sizes whose undecided requirements are evaluated (no forward pass) in one search
 SEARCH_BUDGET = 20000
-#: how far a search for sizes to suggest may reach when --max-size excludes every valid one
+#: how far a search for sizes to suggest may reach when max_size excludes every valid one
 SUGGEST_LIMIT = 1 << 62
 
 ProgressCallback = Callable[[int, int], None]
@@ -60,11 +61,12 @@ def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when available, else ``cpu``; a device that
     is not there is a usage error."""
     if device not in DEVICES:
-        raise InputSpecError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise InputSpecError(f"unknown device; choose one of {', '.join(DEVICES)}", argument="device",
+                             value=shorten(device))
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputSpecError("device 'cuda': torch.cuda.is_available() is False on this machine")
+        raise InputSpecError("torch.cuda.is_available() is False on this machine", argument="device", value=device)
     return device
 
 
@@ -381,7 +383,7 @@ class VerifyReport:
     mismatch: Optional[Mismatch] = None
     #: why no valid size was compared (None when some were, or after a mismatch)
     problem: Optional[str] = None
-    #: the user's bounds (--max-size) exclude every valid size: a usage problem (exit 2)
+    #: the user's bounds (max_size) exclude every valid size: a usage problem (exit 2)
     out_of_bounds: bool = False
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
@@ -405,7 +407,7 @@ class VerifyReport:
             lines.append(f"nothing compared: {self.problem}")
         verdict = "PASS" if self.passed else "FAIL"
         lines += [
-            f"{verdict}: {self.model} --input {self.input} on {self.device}",
+            f"{verdict}: {self.model} with input {self.input!r} on {self.device}",
             f"  examples: {_count(self.examples, 'valid size')}{ranges}, {_count(self.invalid_checked, 'invalid size')}"
             + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
             f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} {'node' if self.graph_nodes == 1 else 'nodes'} per forward pass)",
@@ -631,11 +633,11 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
     ``progress(done, total)`` is called after every forward pass.  Returns a
     :class:`VerifyReport`; prints nothing."""
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
-        raise InputSpecError(f"examples must be a positive integer, got {examples!r}")
+        raise InputSpecError("give a positive integer", argument="examples", value=shorten(repr(examples)))
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise InputSpecError(f"max_size must be a positive integer, got {max_size!r}")
+        raise InputSpecError("give a positive integer", argument="max_size", value=shorten(repr(max_size)))
     if width is not None and not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
-        raise InputSpecError(f"width must be a positive number, got {width!r}")
+        raise InputSpecError("give a positive number", argument="width", value=shorten(repr(width)))
     started = time.perf_counter()
     checker = prepare(model, input, device=device, kwargs=kwargs, width=width, channels=channels)
     analysis = checker.analysis
@@ -707,13 +709,13 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
 def _nothing_compared(checker: ForwardChecker, report: VerifyReport, max_size: int,
                       listed: Optional[list]) -> tuple[str, bool]:
     """Why no valid size was compared, with values that reach one; and
-    whether the user's --max-size is what excluded them."""
+    whether the user's max_size is what excluded them."""
     analysis = checker.analysis
     for symbol in analysis.symbols:
         if analysis.domain.sets[symbol].is_empty():
             return f"the engine says the network runs for no {symbol}", False
     if report.skipped:
-        return f"every valid size run ran out of memory on {report.device} (try a smaller --max-size)", False
+        return f"every valid size run ran out of memory on {report.device} (try a smaller max_size)", False
     if not analysis.symbols or (report.examples and listed is None):
         return "the forward pass has no node whose size the engine predicts", False
     unbounded = {str(s): SizeIndex(analysis.domain.sets[s], SUGGEST_LIMIT) for s in analysis.symbols}
@@ -721,15 +723,15 @@ def _nothing_compared(checker: ForwardChecker, report: VerifyReport, max_size: i
     where = (f"meets {'; '.join(r.reason for r in analysis.domain.undecided)}" if analysis.domain.undecided
              else "is valid")
     if not found:
-        return (f"no size searched ({SEARCH_BUDGET} candidates) {where}; give a concrete --input at which the "
+        return (f"no size searched ({SEARCH_BUDGET} candidates) {where}; give a concrete input size at which the "
                 "network runs"), False
     smallest = min(found, key=lambda s: (max(s.values()), sum(s.values())))
     spec = "x".join(str(n) for n in smallest.values())
     at = ", ".join(f"{k}={v}" for k, v in smallest.items())
     if max(smallest.values()) > max_size:
-        return (f"no size up to --max-size {max_size} {where}; the smallest found is {at}: "
-                f"try --max-size {max(smallest.values())} or --input {spec}"), True
-    return f"no valid size was run ({at} is valid): try --input {spec}", False
+        return (f"no size up to max_size {max_size} {where}; the smallest found is {at}: "
+                f"try max_size {max(smallest.values())} or input {spec!r}"), True
+    return f"no valid size was run ({at} is valid): try input {spec!r}", False
 
 
 def _index_tuples(counts: list[int], total: int):

@@ -147,7 +147,7 @@ def test_offset_9_aligns_pool3_skip_in_torch():
 def test_bundled_fcn8s_passes(capsys):
     code, out, err = run(capsys, "check", "fcn8s", "--input", "H", "--expect-output", "H")
     assert code == 0, out + err
-    assert out.startswith("ok: fcn8s --input H: 0 errors")
+    assert out.startswith("ok: fcn8s with input 'H': 0 errors")
     assert "3 crops" in out and "valid input: every H >= 1" in out
 
 
@@ -158,7 +158,7 @@ def test_wrong_skip_offset_fails_with_node_offset_and_needed_offset(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "error: getitem_5: crop offset 8 where 9 aligns with upscore_pool4 (H=1)"
-    assert lines[-1].startswith(f"FAILED: {spec} --input H: 1 error, 0 warnings")
+    assert lines[-1].startswith(f"FAILED: {spec} with input 'H': 1 error, 0 warnings")
     assert done.stderr == ""
 
 
@@ -247,9 +247,9 @@ def test_unchecked_crop_is_a_warning_and_every_output_is_checked(capsys, small_f
 @pytest.mark.parametrize("argv, words", [
     (["--input", "0"], "sizes must be positive"),
     (["--input", "abc+"], "bad --input"),
-    (["--input", "H", "--expect-output", "a+"], "bad expected output size"),
+    (["--input", "H", "--expect-output", "a+"], "bad --expect-output 'a+'"),
     (["--input", "H", "--expect-output", "W"], "does not define"),
-    (["--input", "H", "--max-shift", "-1"], "max shift"),
+    (["--input", "H", "--max-shift", "-1"], "bad --max-shift '-1'"),
     (["--input", "H", "--max-shift", "wide"], "invalid float value"),
     (["--input", "H", "--format", "yaml"], "invalid choice"),
     (["--input", "H", "--channels", "0"], "--channels must be positive"),
@@ -277,7 +277,7 @@ def test_check_returns_report_without_printing(capsys, crop8):
     assert isinstance(report, CheckReport) and not report.ok
     assert [f.node for f in report.errors] == ["getitem_5"]
     assert report.errors[0].counterexample == {"H": 1}
-    assert report.to_text().endswith("\n") and "FAILED: mine --input H" in report.to_text()
+    assert report.to_text().endswith("\n") and "FAILED: mine with input 'H'" in report.to_text()
     assert json.loads(json.dumps(report.to_json()))["findings"][0]["node"] == "getitem_5"
     assert capsys.readouterr().out == ""
 
@@ -313,12 +313,12 @@ def test_resample_shift_is_a_warning_by_default(capsys):
 @pytest.mark.parametrize("argv, code, first", [
     (["--input", "512", "--max-shift", "7"], 1,
      "error: interpolate_1: bilinear resample shifts pixels by 7.5 px where at most 7 is allowed (at 512)"),
-    (["--input", "512", "--max-shift", "7.5"], 0, "ok: deeplabv3 --input 512: 0 errors, 0 warnings"),
+    (["--input", "512", "--max-shift", "7.5"], 0, "ok: deeplabv3 with input '512': 0 errors, 0 warnings"),
     (["--input", "512", "--arg", "align_corners=true", "--max-shift", "1"], 1,
      "error: interpolate_1: bilinear (align_corners=True) resample shifts pixels by 15 px where at most 1 is "
      "allowed (at 512)"),
     (["--input", "513", "--arg", "align_corners=true", "--max-shift", "0"], 0,
-     "ok: deeplabv3 --input 513: 0 errors, 0 warnings"),
+     "ok: deeplabv3 with input '513': 0 errors, 0 warnings"),
     (["--input", "H", "--arg", "align_corners=true", "--max-shift", "14"], 1,
      "error: interpolate_1: bilinear (align_corners=True) resample shifts pixels by 15 px where at most 14 is "
      "allowed (H=16)"),
@@ -391,7 +391,7 @@ def test_nothing_to_check_is_not_ok(capsys, classifier_file):
     assert main(["check", spec, "--input", "H", "--expect-output", "5"]) == 1
     capsys.readouterr()
     assert main(["check", spec, "--input", "9", "--expect-output", "5", "--max-shift", "1"]) == 0
-    assert "warning: model: --max-shift 1: no resample to measure" in capsys.readouterr().out
+    assert "warning: model: max shift 1: no resample to measure" in capsys.readouterr().out
 
 
 class _PoolThenUpsample(nn.Module):

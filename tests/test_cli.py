@@ -615,7 +615,7 @@ LONG_CASES = [
     (["trace", "fcn8s", "--input", "H" * 33], ["longer than 32"]),
     (["trace", "fcn8s", "--input", "H" * 33 + "xW"], ["longer than 32"]),
     (["check", "fcn8s", "--input", "W" * LONG], ["--input"]),
-    (["check", "fcn8s", "--input", "H", "--expect-output", "H" * LONG], ["expected output"]),
+    (["check", "fcn8s", "--input", "H", "--expect-output", "H" * LONG], ["bad --expect-output"]),
     (["verify", "fcn8s", "--input", "W" * LONG], ["--input"]),
     (["docs", "fcn8s", "--input", "W" * LONG], ["--input"]),
     (["docs", "fcn8s", "--sizes", "1," * LONG], ["--sizes"]),
@@ -658,9 +658,9 @@ HINTS = [
     (["trace", "fcn8s", "--input", "x"], ["'x' is the separator"]),
     (["trace", "fcn8s", "--input", "Hx"], ["'x' is the separator"]),
     (["trace", "fcn8s", "--input", "1,,2"], ["empty size"]),
-    (["trace", "fcn8s", "--input", "H", "--arg", "width=1", "--arg", "width=0.5"], ["--arg width", "twice"]),
-    (["check", "fcn8s", "--input", "H", "--arg", "n_class=2", "--arg", " n_class = 3"], ["--arg n_class", "twice"]),
-    (["verify", "fcn8s", "--arg", "width=1", "--arg", "width=1"], ["--arg width", "twice"]),
+    (["trace", "fcn8s", "--input", "H", "--arg", "width=1", "--arg", "width=0.5"], ["bad --arg 'width=0.5'", "width is given twice"]),
+    (["check", "fcn8s", "--input", "H", "--arg", "n_class=2", "--arg", " n_class = 3"], ["bad --arg", "n_class is given twice"]),
+    (["verify", "fcn8s", "--arg", "width=1", "--arg", "width=1"], ["bad --arg", "width is given twice"]),
 ]
 
 

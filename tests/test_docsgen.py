@@ -229,7 +229,7 @@ def test_check_fails_on_a_page_that_is_not_generated(tmp_path, capsys):
     code, out, _ = run(capsys, "docs", "fcn8s", "--out", str(tmp_path), "--check")
     assert code == 1
     assert out.splitlines()[0] == (f"{tmp_path / 'fcn8s.md'} is not a generated page (no marker line): shapecalc "
-                                   "docs would write this page there (with --force, over the file)")
+                                   "docs would write this page there (when forced to, over the file)")
 
 
 def test_a_reader_of_the_old_page_never_sees_a_partial_one(tmp_path):

@@ -237,7 +237,7 @@ def test_concrete_on_the_command_line(capsys, monkeypatch):
     (["--leaf", "nocolon"], ["bad --leaf", "package.module:Name"]),
     (["--leaf", "no_such_module_xyz:Thing"], ["bad leaf", "no_such_module_xyz"]),
     (["--concrete", "flag"], ["bad --concrete", "KEY=VALUE"]),
-    (["--concrete", "flag=1", "--concrete", "flag=2"], ["--concrete flag is given twice"]),
+    (["--concrete", "flag=1", "--concrete", "flag=2"], ["bad --concrete 'flag=2'", "flag is given twice"]),
 ])
 def test_bad_leaf_and_concrete_arguments_are_one_line_exit_2(argv, words, capsys):
     code, out, err = run(["trace", "fcn8s", "--input", "H", *argv], capsys)

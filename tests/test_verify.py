@@ -141,7 +141,7 @@ def test_usage_errors():
 def test_cli_passes_and_prints_a_summary(capsys):
     assert main(["verify", "fcn8s", "--device", "meta", "--examples", "6", "--max-size", "200"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("PASS: fcn8s --input HxW on meta")
+    assert out.startswith("PASS: fcn8s with input 'HxW' on meta")
     assert "examples: 6 valid sizes" in out and "nodes compared:" in out and "time:" in out
 
 
@@ -248,13 +248,13 @@ def test_comparing_nothing_is_not_a_pass_and_suggests_sizes_that_reach_one(tmp_p
     assert _meta_runs(model, 32, 32)
     report = verify(model, "HxW", device="meta", examples=5, max_size=20)
     assert not report.passed and report.exit_code == 2 and report.nodes_compared == 0
-    assert "--max-size 32" in report.problem and "--input 32x32" in report.problem
+    assert "max_size 32" in report.problem and "input '32x32'" in report.problem
     assert "nothing compared" in report.summary() and "FAIL" in report.summary()
     path = tmp_path / "flat.py"
     path.write_text("import torch.nn as nn\n\ndef build():\n"
                     "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(7200, 10))\n")
     assert main(["verify", f"{path}:build", "--device", "meta", "--examples", "5", "--max-size", "20"]) == 2
-    assert "--input 32x32" in capsys.readouterr().out
+    assert "input '32x32'" in capsys.readouterr().out
     # with room to reach them, the sizes where torch runs are found and compared
     wide = verify(model, "HxW", device="meta", examples=5, max_size=64)
     assert wide.passed and wide.examples >= 1

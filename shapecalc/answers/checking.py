@@ -20,7 +20,7 @@ from shapecalc._errors import InputSpecError, ShapecalcError, SizeError
 from shapecalc.analysis import Analysis, analyze
 from shapecalc.engine.domain import DomainError, condition_set
 from shapecalc.engine.symbolic import as_expr, axes_text, compiled, evaluate, value_text
-from shapecalc.capture.specs import parse_expected_output
+from shapecalc.capture.specs import parse_expected_output, shorten
 from shapecalc.capture.trace import InputSpec, parse_input_spec
 
 CHECK_JSON_VERSION = 1
@@ -81,7 +81,7 @@ class CheckReport:
         counts = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in self.checked.items())
         verdict = "ok" if self.ok else "FAILED"
         errors, warnings = len(self.errors), len(self.warnings)
-        return (f"{verdict}: {self.model} --input {self.input}: {errors} error{'s' if errors != 1 else ''}, "
+        return (f"{verdict}: {self.model} with input {self.input!r}: {errors} error{'s' if errors != 1 else ''}, "
                 f"{warnings} warning{'s' if warnings != 1 else ''} ({counts or 'nothing'} checked; "
                 f"valid input: {self.valid})")
 
@@ -356,8 +356,8 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
     unknown = set(expected.symbols) - set(analysis.symbols)
     if unknown:
         names = ", ".join(sorted(map(str, unknown)))
-        raise InputSpecError(f"--expect-output {expected.text!r} uses {names}, which --input {analysis.input.text!r} "
-                             "does not define")
+        raise InputSpecError(f"uses {names}, which the input spec {analysis.input.text!r} does not define",
+                             argument="expect_output", value=expected.text)
     if not analysis.outputs:
         return [Finding(ERROR, "output", "output", f"no tensor output to compare with {expected.text}: "
                                                    "the model returns no tensor")]
@@ -374,7 +374,7 @@ def _output_findings(analysis: Analysis, expected: InputSpec) -> list[Finding]:
         try:
             wanted = expected.for_dimensions(len(sizes)).sizes
         except InputSpecError as error:
-            raise InputSpecError(f"--expect-output: {error}") from error
+            raise InputSpecError(error.reason, argument="expect_output", value=expected.text) from error
         counterexample, bad = None, False
         for size, want in zip(sizes, wanted):
             condition = sympy.Eq(size, want)
@@ -415,7 +415,8 @@ def _domain_findings(analysis: Analysis) -> list[Finding]:
         findings.append(Finding(ERROR, "domain", node, f"the network runs for no {symbol}{why}"))
     for requirement in analysis.domain.undecided:
         findings.append(Finding(WARNING, "domain", requirement.node,
-                                f"could not decide for which sizes {requirement.reason}; check a concrete --input"))
+                                f"could not decide for which sizes {requirement.reason}; check at a concrete "
+                                "input size"))
     return findings
 
 
@@ -427,7 +428,8 @@ def _parse_expected(expect_output) -> Optional[InputSpec]:
     if isinstance(expect_output, (tuple, list)):
         expect_output = "x".join(str(s) for s in expect_output)
     if not isinstance(expect_output, str):
-        raise InputSpecError(f"expected output size must be a spec like 'H' or 'HxW', got {expect_output!r}")
+        raise InputSpecError("give a spec like 'H' or 'HxW'", argument="expect_output",
+                             value=shorten(repr(expect_output)))
     return parse_expected_output(expect_output)
 
 
@@ -437,16 +439,17 @@ def _parse_max_shift(max_shift) -> Optional[float]:
     try:
         value = float(max_shift)
     except (TypeError, ValueError):
-        raise InputSpecError(f"max shift must be a number of pixels, got {max_shift!r}") from None
+        raise InputSpecError("give a number of pixels", argument="max_shift",
+                             value=shorten(repr(max_shift))) from None
     if not value >= 0 or value == float("inf"):
-        raise InputSpecError(f"max shift must be a finite number of pixels >= 0, got {max_shift:g}")
+        raise InputSpecError("give a finite number of pixels >= 0", argument="max_shift", value=f"{value:g}")
     return value
 
 
 def _nothing_findings(analysis: Analysis, expected: Optional[InputSpec], limit: Optional[float]) -> list[Finding]:
     """A check that examined nothing does not pass silently: with no crop,
     merge or resample to audit and no expected output it is an error (the
-    run proved only that the network runs for some size); a --max-shift with
+    run proved only that the network runs for some size); a max_shift with
     no resample to measure is a warning (the limit held vacuously)."""
     audited = len(analysis.crops) + len(analysis.merges) + len(analysis.resamples)
     # a crop feeding no merge, or a merge whose alignment could not be decided, was looked at
@@ -455,13 +458,13 @@ def _nothing_findings(analysis: Analysis, expected: Optional[InputSpec], limit: 
     findings = []
     if not audited and expected is None:
         findings.append(Finding(ERROR, "nothing", "model", "nothing to check: no crop, merge or resample to audit "
-                                                           "and no expected output size (give --expect-output)"))
+                                                           "and no expected output size given"))
     elif not decided and expected is None:
         findings.append(Finding(ERROR, "nothing", "model", "nothing checked: no crop, merge or resample could be "
                                                            "judged (see the warnings) and "
-                                                           "no expected output size was given (give --expect-output)"))
+                                                           "no expected output size was given"))
     elif limit is not None and not analysis.resamples:
-        findings.append(Finding(WARNING, "resample", "model", f"--max-shift {limit:g}: no resample to measure"))
+        findings.append(Finding(WARNING, "resample", "model", f"max shift {limit:g}: no resample to measure"))
     return findings
 
 

@@ -30,7 +30,7 @@ from shapecalc._errors import InputSpecError
 #: the default largest size in the spec; torch's own default is unbounded,
 #: but coverage is counted exactly, size by size, inside 1..max
 DEFAULT_MAX = 4096
-#: the largest --max accepted (guards are evaluated at every candidate size)
+#: the largest max_size accepted (guards are evaluated at every candidate size)
 MAX_LIMIT = 1 << 16
 #: exports tried before giving up on narrowing a spec
 MAX_ATTEMPTS = 6
@@ -167,6 +167,7 @@ class ExportSpec:
 
     def python(self) -> str:
         taken = self._taken()
+        # the command that gives this spec again, as one pastes it: a command line on purpose
         lines = [f"# shapecalc export-spec {self.model} --input {self.input} --max {self.max_size}"]
         if self.verified:
             lines.append(f"# verified: torch.export.export (torch {self.torch_version}, strict=False) ran with "
@@ -300,7 +301,8 @@ def export_spec(model, input: str = "HxW", *, max_size: int = DEFAULT_MAX, chann
     """The widest ``dynamic_shapes`` spec inside ``model``'s valid domain that
     ``torch.export.export`` accepts, verified by exporting with it."""
     if not isinstance(max_size, int) or not 1 <= max_size <= MAX_LIMIT:
-        raise InputSpecError(f"--max must be between 1 and {MAX_LIMIT}, got {max_size}")
+        raise InputSpecError(f"give an integer between 1 and {MAX_LIMIT}", argument="max_size",
+                             value=str(max_size)[:40])
     import torch
     import torch.export
 

@@ -1,9 +1,11 @@
-"""What a person types: ``--input`` size specs and ``--arg KEY=VALUE`` pairs.
+"""What a person types: input size specs (``HxW``) and ``KEY=VALUE`` model arguments.
 
 Parsed without torch (only sympy, for the sizes), so a malformed argument is
 refused in a fraction of a second, before the framework loads; ``trace``
 re-exports these names.  Every user string echoed in an error goes through
 :func:`shorten`: a 100 KB argument must not become a 100 KB error line.
+Errors name the bad parameter in the ``argument`` field, not in their text:
+the CLI names it as the flag that was typed.
 """
 
 from __future__ import annotations
@@ -59,67 +61,75 @@ class InputSpec:
         if len(self.sizes) == 1:
             return InputSpec(self.text, self.sizes * count)
         raise InputSpecError(
-            f"input {shorten(self.text)!r} has {len(self.sizes)} size{'' if len(self.sizes) == 1 else 's'} "
-            f"but the model has {count} spatial {'axis' if count == 1 else 'axes'}")
+            f"{len(self.sizes)} size{'' if len(self.sizes) == 1 else 's'} "
+            f"but the model has {count} spatial {'axis' if count == 1 else 'axes'}",
+            argument="input", value=shorten(self.text))
 
 
-def parse_input_spec(text: str) -> InputSpec:
-    """Parse ``H``, ``HxW``, ``512x384``, ``Hx384`` or ``D,H,W`` without eval."""
+def parse_input_spec(text: str, *, argument: str = "input") -> InputSpec:
+    """Parse ``H``, ``HxW``, ``512x384``, ``Hx384`` or ``D,H,W`` without eval;
+    ``argument``: the parameter a bad spec is reported as."""
     if not isinstance(text, str) or not text.strip():
-        raise InputSpecError("empty --input; give sizes like H, HxW or 512x384")
+        raise InputSpecError("it is empty; give sizes like H, HxW or 512x384", argument=argument,
+                             value=text if isinstance(text, str) else shorten(repr(text)))
     cleaned = text.strip()
-    shown = shorten(cleaned)
+
+    def bad(reason: str) -> InputSpecError:
+        return InputSpecError(reason, argument=argument, value=shorten(cleaned))
+
     # Bounds first: nothing below should scale with a pasted megabyte.
     if len(cleaned) > MAX_SPEC_LENGTH:
-        raise InputSpecError(f"bad --input {shown!r}: {len(cleaned)} characters; give at most {MAX_SIZES} "
-                             "sizes like H, HxW or 512x384")
+        raise bad(f"{len(cleaned)} characters; give at most {MAX_SIZES} sizes like H, HxW or 512x384")
     separator = "," if "," in cleaned else "x"
     parts = [part.strip() for part in cleaned.split(separator)]
     if len(parts) > MAX_SIZES:
-        raise InputSpecError(f"bad --input {shown!r}: at most {MAX_SIZES} spatial sizes")
+        raise bad(f"at most {MAX_SIZES} spatial sizes")
     sizes = []
     for part in parts:
         if not part:
             if separator == "x":
-                raise InputSpecError(f"bad --input {shown!r}: 'x' is the separator between sizes (HxW, 512x384), "
-                                     "so it cannot be or end a size name; name sizes H, W, D")
-            raise InputSpecError(f"bad --input {shown!r}: an empty size between ','")
+                raise bad("'x' is the separator between sizes (HxW, 512x384), so it cannot be or end a size "
+                          "name; name sizes H, W, D")
+            raise bad("an empty size between ','")
         if part.isdigit():
-            sizes.append(sympy.Integer(parse_size_text(part)))
+            try:
+                sizes.append(sympy.Integer(parse_size_text(part)))
+            except InputSpecError as error:
+                raise bad(error.reason) from error
         elif IDENTIFIER.match(part) and not keyword.iskeyword(part):
             if len(part) > MAX_NAME_LENGTH:
-                raise InputSpecError(f"bad --input {shown!r}: size name {shorten(part, 20)!r} is longer than "
-                                     f"{MAX_NAME_LENGTH} characters")
+                raise bad(f"size name {shorten(part, 20)!r} is longer than {MAX_NAME_LENGTH} characters")
             if hasattr(sympy, part) or part in {"floor", "ceiling", "Min", "Max"}:
-                raise InputSpecError(f"size symbol {part!r} clashes with a sympy name; choose another (e.g. H, W, D)")
+                raise bad(f"size symbol {part!r} clashes with a sympy name; choose another (e.g. H, W, D)")
             sizes.append(size_symbol(part))
         else:
-            raise InputSpecError(
-                f"bad --input {shown!r}: each size is a positive integer or a name (H, W), separated by 'x' or ','")
+            raise bad("each size is a positive integer or a name (H, W), separated by 'x' or ','")
     return InputSpec(cleaned, tuple(sizes))
 
 
 def parse_expected_output(text: str) -> InputSpec:
-    """``--expect-output``: spelled like an input spec, in the input's symbols."""
+    """The expected output size: spelled like an input spec, in the input's symbols."""
     try:
-        return parse_input_spec(text)
+        return parse_input_spec(text, argument="expect_output")
     except InputSpecError as error:
-        raise InputSpecError(f"bad expected output size {shorten(text)!r}: give sizes like H, HxW or 512x384 "
-                             "in the symbols of the input") from error
+        raise InputSpecError("give sizes like H, HxW or 512x384 in the symbols of the input",
+                             argument="expect_output", value=error.value) from error
 
 
-def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_model_args(pairs: Sequence[str], *, argument: str = "arg") -> dict[str, Any]:
     """``KEY=VALUE`` pairs: ints, floats, true/false/none, else strings (no
     eval).  A key given twice is an error: silently keeping one of them would
-    analyse a model the person did not ask for."""
+    analyse a model the person did not ask for.  ``argument``: the parameter
+    a bad pair is reported as (``"concrete"`` for forward() arguments)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not IDENTIFIER.match(key):
-            raise ModelLoadError(f"bad --arg {shorten(pair)!r}: expected KEY=VALUE")
+            raise ModelLoadError("expected KEY=VALUE", argument=argument, value=shorten(pair))
         if key in out:
-            raise ModelLoadError(f"--arg {shorten(key, 30)} is given twice; give each key once")
+            raise ModelLoadError(f"key {shorten(key, 30)} is given twice; give each key once",
+                                 argument=argument, value=shorten(pair))
         out[key] = _literal(raw.strip())
     return out
 
@@ -138,7 +148,7 @@ def _literal(raw: str):
     return raw
 
 
-#: ``docs --sizes``: each value is a column of every page's layer table
+#: typical sizes of the docs: each value is a column of every page's layer table
 MAX_TYPICAL_SIZES = 8
 
 
@@ -148,11 +158,11 @@ def parse_sizes(text: Optional[str]) -> Optional[list[int]]:
         return None
     usage = "give positive sizes separated by commas, e.g. 224,500,513"
     if len(text) > MAX_TYPICAL_SIZES * 8:
-        raise InputSpecError(f"bad --sizes {shorten(text)!r}: {len(text)} characters; {usage}")
+        raise InputSpecError(f"{len(text)} characters; {usage}", argument="sizes", value=shorten(text))
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= 10**6 for p in parts):
-        raise InputSpecError(f"bad --sizes {shorten(text)!r}: {usage}")
+        raise InputSpecError(usage, argument="sizes", value=shorten(text))
     if len(parts) > MAX_TYPICAL_SIZES:
-        raise InputSpecError(f"bad --sizes {shorten(text)!r}: at most {MAX_TYPICAL_SIZES} sizes (one table column "
-                             "each)")
+        raise InputSpecError(f"at most {MAX_TYPICAL_SIZES} sizes (one table column each)",
+                             argument="sizes", value=shorten(text))
     return [int(p) for p in parts]

@@ -410,7 +410,8 @@ def write_pages(pages: Sequence[Page], out: Union[str, Path], *, force: bool = F
     if foreign and not force:
         names = ", ".join(str(p) for p in foreign)
         raise ShapecalcError(f"not overwriting {names}: not written by shapecalc docs (its first line is not the "
-                             "generated-page marker); no page changed; move it away or pass --force")
+                             "generated-page marker); no page changed; move it away or overwrite it on purpose",
+                             argument="force")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -475,7 +476,7 @@ def stale_pages(pages: Sequence[Page], out: Union[str, Path], *, complete: bool 
             continue
         if not is_generated(path):
             problems.append(f"{path} is not a generated page (no marker line): shapecalc docs would write "
-                            "this page there (with --force, over the file)")
+                            "this page there (when forced to, over the file)")
             continue
         try:
             current = path.read_text(encoding="utf-8")
