@@ -448,6 +448,21 @@ _PRINTER = _SizePrinter()
 
 def format_expr(expr) -> str:
     """The canonical display string of a size expression."""
+    try:
+        # the same expression is printed many times (a layer's size in its
+        # row, its consumers' messages, JSON); the printer orders terms each
+        # time.  Keyed with the type: True == 1 and 2 == Integer(2) hash alike.
+        return _formatted(type(expr), expr)
+    except TypeError:  # unhashable: print it as it is
+        return _format_uncached(expr)
+
+
+@lru_cache(maxsize=4096)
+def _formatted(kind: type, expr) -> str:
+    return _format_uncached(expr)
+
+
+def _format_uncached(expr) -> str:
     if isinstance(expr, bool):
         return str(expr)
     if isinstance(expr, (int, Fraction)):
