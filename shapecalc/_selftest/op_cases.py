@@ -1351,3 +1351,87 @@ def _multihead_attention_cases(draw, key):
             f"zero_attn={layer.add_zero_attn}, padding_mask={padding_mask}, need_weights={need_weights}, "
             f"average={average})({_pre_text(pre)})")
     return _call_case(key, nd, c, body, text, pre, {"op": layer}, tensors)
+
+
+# --- sliding blocks -------------------------------------------------------------
+
+
+@_cases("unfold")
+@st.composite
+def _tensor_unfold_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    dimension = draw(st.integers(-(nd + 2), nd + 1))
+    size, step = draw(st.integers(0, 4)), draw(st.sampled_from((1, 1, 2, 3, 0)))
+    text = f"{_pre_text(pre)}.unfold({dimension}, {size}, {step})"
+    return _call_case(key, nd, c, lambda self, x: x.unfold(dimension, size, step), text, pre)
+
+
+@st.composite
+def _block_windows(draw):
+    """(kernel, dilation, padding, stride) of an im2col window, per axis or shared."""
+    def values(low, high):
+        return draw(st.one_of(st.integers(low, high), st.tuples(st.integers(low, high), st.integers(low, high))))
+    return values(1, 3), values(1, 2), values(0, 2), values(1, 2)
+
+
+@_cases(F.unfold, nn.Unfold)
+@st.composite
+def _im2col_cases(draw, key):
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(2))
+    kernel, dilation, padding, stride = draw(_block_windows())
+    unbatched = draw(st.booleans())
+    layer = nn.Unfold(kernel, dilation, padding, stride)
+    call = layer if key is nn.Unfold else functools.partial(F.unfold, kernel_size=kernel, dilation=dilation,
+                                                            padding=padding, stride=stride)
+    text = f"{_name(key)}({_pre_text(pre)}{'[0]' if unbatched else ''}, {layer.extra_repr()})"
+    return _call_case(key, 2, c, lambda self, x: call(x[0] if unbatched else x), text, pre,
+                      {"op": layer} if key is nn.Unfold else None)
+
+
+@_cases(F.fold, nn.Fold)
+@st.composite
+def _col2im_cases(draw, key):
+    """col2im of im2col with the input's own shape as output size (functional
+    only: a module holds a fixed size), or of the input itself as columns
+    ((1, C, H*W)) into a fixed size (its spatial rank is 2 either way)."""
+    form = draw(st.sampled_from(("round_trip", "columns"))) if key is F.fold else "columns"
+    nd = 2
+    c = draw(st.sampled_from((1, 2, 4)))
+    pre = draw(_pre_layers(nd))
+    kernel, dilation, padding, stride = draw(_block_windows())
+    output_size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    unbatched = draw(st.booleans())
+    layer = nn.Fold(output_size, kernel, dilation, padding, stride)
+
+    def columns_of(x):
+        columns = F.unfold(x, kernel, dilation, padding, stride) if form == "round_trip" else x.flatten(2)
+        return columns[0] if unbatched else columns
+
+    def body(self, x):
+        if key is nn.Fold:
+            return self.op(columns_of(x))
+        size = x.shape[2:] if form == "round_trip" else output_size
+        return F.fold(columns_of(x), size, kernel, dilation, padding, stride)
+
+    text = (f"{_name(key)}({form}: {_pre_text(pre)}{'[0]' if unbatched else ''}, out="
+            f"{'x.shape[2:]' if form == 'round_trip' else output_size}, {layer.extra_repr()})")
+    return _call_case(key, nd, c, body, text, pre, {"op": layer} if key is nn.Fold else None)
+
+
+@_cases(nn.LPPool1d, nn.LPPool2d, nn.LPPool3d, F.lp_pool1d, F.lp_pool2d, F.lp_pool3d)
+@st.composite
+def _power_average_pool_cases(draw, key):
+    (nd,) = _dims_of(key)
+    c = draw(_channel_counts)
+    kernel, stride, _, _, ceil_mode = draw(_pool_parameters(nd, 4, 3, 1))
+    norm_type = draw(st.sampled_from((1, 2, 3.5)))
+    pre = draw(_pre_layers(nd))
+    if isinstance(key, type):
+        layer = key(norm_type, kernel, stride, ceil_mode)
+        return _call_case(key, nd, c, lambda self, x: self.op(x.abs()), f"{layer!r}({_pre_text(pre)}.abs())", pre,
+                          {"op": layer})
+    text = f"{_name(key)}({_pre_text(pre)}.abs(), {norm_type}, kernel={kernel}, stride={stride}, ceil_mode={ceil_mode})"
+    return _call_case(key, nd, c, lambda self, x: key(x.abs(), norm_type, kernel, stride, ceil_mode), text, pre)
