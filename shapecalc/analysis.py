@@ -6,6 +6,7 @@ spec and the node here, so every message a person sees names all three.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -45,25 +46,39 @@ class Layer:
                 f"spatial=({', '.join(format_expr(s) for s in self.tensor.spatial_sizes)}))")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
-    """Everything shapecalc knows about one model at one input spec."""
+    """Everything shapecalc knows about one model at one input spec.
+
+    Immutable, like the einops plan it is modelled on: the collections are
+    tuples, ``outputs`` and ``aligned_domain`` read-only mappings and the
+    domain frozen, so no report can change what the next one reads (a
+    variant is a new Analysis: ``dataclasses.replace``).  The traced
+    ``graph_module`` is torch's own object and stays as torch made it."""
 
     model: str
     input: InputSpec
     input_tensor: SymbolicTensor
-    layers: list[Layer]
-    outputs: dict[str, SymbolicTensor]
-    crops: list[CropAlignment]
+    layers: tuple[Layer, ...]
+    outputs: Mapping[str, SymbolicTensor]
+    crops: tuple[CropAlignment, ...]
     domain: Domain
-    notes: list[str]
+    notes: tuple[str, ...]
     graph_module: torch.fx.GraphModule = field(repr=False)
-    merges: list[MergeAlignment] = field(default_factory=list)
-    resamples: list[ResampleAlignment] = field(default_factory=list)
+    merges: tuple[MergeAlignment, ...] = ()
+    resamples: tuple[ResampleAlignment, ...] = ()
     #: per input symbol, the valid sizes where every crop, merge and resample is exact
-    aligned_domain: dict[sympy.Symbol, PeriodicSet] = field(default_factory=dict)
+    aligned_domain: Mapping[sympy.Symbol, PeriodicSet] = field(default_factory=lambda: types.MappingProxyType({}))
     #: alignment conditions that could not be decided (they leave aligned_domain an upper bound)
-    alignment_undecided: list = field(default_factory=list, repr=False)
+    alignment_undecided: tuple = field(default=(), repr=False)
+
+    def __post_init__(self):
+        # whatever sequences and dicts the caller built, the result holds read-only copies
+        for name in ("layers", "crops", "notes", "merges", "resamples", "alignment_undecided"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("outputs", "aligned_domain"):
+            object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
+        self.domain.freeze()
 
     @property
     def symbols(self) -> tuple[sympy.Symbol, ...]:

@@ -25,7 +25,8 @@ projections beside the cells, so one-symbol questions stay cheap.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import types
+from dataclasses import FrozenInstanceError, dataclass, field
 from fractions import Fraction
 from functools import lru_cache, reduce
 from typing import Iterable, Iterator, Optional, Sequence
@@ -1017,7 +1018,7 @@ def _cell_phrase(allowed: PeriodicSet, symbol: str) -> str:
 # the running domain of one trace
 
 
-@dataclass
+@dataclass(frozen=True)
 class Requirement:
     """One condition a forward pass needs, with the node that needs it."""
 
@@ -1043,7 +1044,8 @@ class Domain:
     projection).  Requirements tying several symbols are decided exactly into
     ``cells`` (None while the domain is a plain product of ``sets``);
     ``undecided`` holds what could not be decided, and then ``sets`` is an
-    upper bound."""
+    upper bound.  :meth:`freeze` makes it final (an Analysis does when made, before
+    handing it out): its collections become read-only and :meth:`add` raises."""
 
     symbols: tuple[sympy.Symbol, ...]
     sets: dict[sympy.Symbol, PeriodicSet] = field(default_factory=dict)
@@ -1060,7 +1062,36 @@ class Domain:
         for s in self.symbols:
             self.sets.setdefault(s, PeriodicSet.everything())
 
+    @property
+    def frozen(self) -> bool:
+        return self.__dict__.get("_frozen", False)
+
+    def freeze(self) -> "Domain":
+        """Make this domain final: ``sets`` a read-only mapping, the lists
+        tuples, and :meth:`add` or setting a field an error.  An analysis's
+        answers (valid sizes, exclusions, the requirements named in
+        explanations) must not change under whoever reads them; a caller that
+        wants more requirements builds a new Domain."""
+        if not self.frozen:
+            fields = {"sets": types.MappingProxyType(dict(self.sets)), "requirements": tuple(self.requirements),
+                      "undecided": tuple(self.undecided), "joint": tuple(self.joint),
+                      "exclusions": tuple(self.exclusions),
+                      "cells": None if self.cells is None else tuple(self.cells)}
+            for name, value in fields.items():
+                object.__setattr__(self, name, value)
+            object.__setattr__(self, "_frozen", True)
+        return self
+
+    def __setattr__(self, name, value):
+        if self.frozen:
+            raise FrozenInstanceError(f"cannot set Domain.{name}: the domain is final after analysis "
+                                      "(build a new Domain)")
+        object.__setattr__(self, name, value)
+
     def add(self, requirement: Requirement) -> None:
+        if self.frozen:
+            raise FrozenInstanceError(f"cannot add the requirement of node {requirement.node!r}: the domain is "
+                                      "final after analysis (build a new Domain)")
         self.requirements.append(requirement)
         symbols = requirement.condition.free_symbols
         if not symbols or not symbols <= set(self.sets):
