@@ -121,7 +121,7 @@ def _canonical(value):
         geometry = tuple(None if g is None else AxisGeometry(*(None if v is None else _size_form(v)
                                                                for v in (g.scale, g.shift, g.rf)), g.window)
                          for g in value.geometry)
-        return SymbolicTensor(tuple(_size_form(s) for s in value.shape), value.spatial, geometry)
+        return SymbolicTensor(tuple(_size_form(s) for s in value.shape), value.spatial, geometry, value.dtype_kind)
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(_canonical(v) for v in value)
     if isinstance(value, list):
@@ -173,7 +173,9 @@ class SizeInterpreter(torch.fx.Interpreter):
     def get_attr(self, target, args, kwargs):
         value = self.fetch_attr(target)
         if isinstance(value, torch.Tensor):
-            return SymbolicTensor(tuple(value.shape))
+            kind = "bool" if value.dtype == torch.bool else "floating" if value.is_floating_point() or value.is_complex() \
+                else "integer"
+            return SymbolicTensor(tuple(value.shape), dtype_kind=kind)
         return value
 
     def _apply(self, kind: str, key, args, kwargs, module=None):

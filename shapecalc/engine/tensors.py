@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import sympy
@@ -65,6 +65,10 @@ class SymbolicTensor:
     shape: tuple[sympy.Expr, ...]
     spatial: tuple[int, ...] = ()
     geometry: tuple[Optional[AxisGeometry], ...] = ()
+    #: "integer", "bool" or "floating" where known (a parameter or buffer
+    #: read by get_attr), else None: whether a tensor index selects by
+    #: position or by mask (a mask's result size depends on its values)
+    dtype_kind: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(as_expr(s) for s in self.shape))

@@ -13,6 +13,7 @@ from shapecalc.engine.symbolic import (as_expr, floor_of, floordiv, format_expr,
                        smallest)
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
 from shapecalc.engine.rules.common import _expect_tensor, _windowed_geometry
+from shapecalc.engine.rules.advanced_indexing import advanced_index
 from shapecalc.engine.rules.metadata import _index_keeps_channels, _slice_params
 from shapecalc.engine.rules.properties import Untracked
 from shapecalc.engine.rules.registry import rule
@@ -122,7 +123,7 @@ def getitem(ctx, obj, index):
 def _index_tensor(ctx, x: SymbolicTensor, index):
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, (SymbolicTensor, list, torch.Tensor)) for i in items):
-        raise UnsupportedOpError("advanced (tensor) indexing")
+        return advanced_index(ctx, x, items, _index_tensor)
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
     if Ellipsis in items:
         position = items.index(Ellipsis)

@@ -138,17 +138,33 @@ def fold_module(ctx, x):
     return _col2im(ctx, x, m.output_size, m.kernel_size, m.dilation, m.padding, m.stride)
 
 
-# F.lp_poolNd: avg_poolNd(x ** p, kernel, stride, padding 0, ceil_mode), then
-# pointwise: the sizes and checks of an unpadded average pool
+def _power_average_pool(ctx, x, nd: int, kernel, stride, ceil_mode):
+    """F.lp_poolNd: avg_poolNd(x ** p, kernel, stride, padding 0, ceil_mode),
+    then pointwise.  torch pools the last ``nd`` axes whichever of them carry
+    a spatial mark (a flattened image pooled by lp_pool1d)."""
+    x = _expect_tensor(x, "lp_pool")
+    if x.ndim not in (nd + 1, nd + 2):
+        ctx.require(sympy.false, f"lp_pool{nd}d expects a {nd + 1}-D or {nd + 2}-D input, got {x.ndim}-D")
+    trailing = tuple(range(x.ndim - nd, x.ndim))
+    marked = dict(zip(x.spatial, x.geometry))
+    if set(x.spatial) - set(trailing):
+        raise UnsupportedOpError(f"lp_pool{nd}d of a tensor with spatial axes {x.spatial} before its last {nd}")
+    window = SymbolicTensor(x.shape, trailing, tuple(marked.get(a) for a in trailing))
+    pooled = _average_pool(ctx, window, nd, kernel, stride if stride is not None else kernel, 0, ceil_mode)
+    return SymbolicTensor(pooled.shape, x.spatial, tuple(g for a, g in zip(trailing, pooled.geometry) if a in marked))
+
+
 @rule(nn.LPPool1d, nn.LPPool2d, nn.LPPool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def power_average_pooling(ctx, x):
     m = ctx.module
-    return _average_pool(ctx, x, _module_rank(m), m.kernel_size, m.stride if m.stride is not None else m.kernel_size,
-                         0, m.ceil_mode)
+    return _power_average_pool(ctx, x, _module_rank(m), m.kernel_size, m.stride, m.ceil_mode)
 
 
-@rule(F.lp_pool1d, F.lp_pool2d, F.lp_pool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
-def functional_power_average_pooling(ctx, input, norm_type, kernel_size, stride=None, ceil_mode=False):
-    x = _expect_tensor(input, "lp_pool")
-    return _average_pool(ctx, x, len(x.spatial), kernel_size, stride if stride is not None else kernel_size, 0,
-                         ceil_mode)
+def _functional_power_pool(nd: int):
+    def functional_power_average_pooling(ctx, input, norm_type, kernel_size, stride=None, ceil_mode=False):
+        return _power_average_pool(ctx, input, nd, kernel_size, stride, ceil_mode)
+    return functional_power_average_pooling
+
+
+for _rank, _function in ((1, F.lp_pool1d), (2, F.lp_pool2d), (3, F.lp_pool3d)):
+    rule(_function, params=_window_params, spatial_rank=_numbered, keeps_channels=True)(_functional_power_pool(_rank))
