@@ -87,8 +87,9 @@ class ShapecalcError(Exception):
             subject += f"{' ' if subject else ''}at node {node!r}" + (f" ({op})" if op else "")
         reason = getattr(self, "reason", None) or (str(self.args[0]) if self.args else "")
         argument = getattr(self, "argument", None)
-        if argument is not None:
-            value = getattr(self, "value", None)
+        value = getattr(self, "value", None)
+        # a bad input spec that the subject already names ("MyNet with input 'HxWxD'") is not named twice
+        if argument is not None and not (argument == "input" and value is not None and value == getattr(self, "input", None)):
             reason = (f"{reason} ({argument_text(argument)})" if value is None
                       else f"bad {argument_text(argument)} {value!r}: {reason}")
         return f"{subject}: {reason}" if subject else reason
