@@ -16,7 +16,7 @@ from shapecalc.answers.export_spec import MAX_LIMIT, export_spec
 from shapecalc.answers.sizes import sizes_report
 from shapecalc.capture.specs import parse_model_args, parse_sizes
 from shapecalc.cli import main
-from shapecalc.output.docsgen import Page, write_pages
+from shapecalc.output.docsgen import Page, generate, write_pages
 from shapecalc.verify import verify
 
 FLAG = re.compile(r"--[a-z]")
@@ -46,6 +46,7 @@ CASES = [
     ("range", lambda: sizes_report(analyze(_net(), "HxW"), range="9..3"), "range",
      ["sizes", "{m}", "--input", "HxW", "--range", "9..3"], "--range"),
     ("sizes", lambda: parse_sizes("0"), "sizes", ["docs", "{m}", "--sizes", "0"], "--sizes"),
+    ("docs-input", lambda: generate(["net.py:build"], "H+"), "input", ["docs", "{m}", "--input", "H+"], "--input"),
     ("verify-input", lambda: verify(_net(), "H+", device="meta"), "input",
      ["verify", "{m}", "--input", "H+", "--device", "meta"], "--input"),
     ("export-max", lambda: export_spec(_net(), "HxW", max_size=MAX_LIMIT + 1), "max_size",
