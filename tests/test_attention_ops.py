@@ -143,3 +143,32 @@ def test_advanced_indexing_shapecalc_cannot_size_is_refused_in_one_line(module, 
     # torch runs both: the refusal is shapecalc's, not a size verdict
     with torch.no_grad():
         module(torch.randn(1, 1, 2, 2))
+
+
+SWIN_KEYS = ["shifted_window_attention", "_get_relative_position_bias", "_patch_merging_pad"]
+
+
+@pytest.mark.parametrize("name", SWIN_KEYS)
+def test_torchvision_swin_helpers_match_torch(name):
+    # test_rules skips these cases where torchvision does not import on its own;
+    # here it is imported with the zoo's workaround
+    zoo_setup = pytest.importorskip("zoo_setup")
+    try:
+        zoo_setup.import_torchvision()
+    except ImportError as error:
+        pytest.skip(f"torchvision not installed ({error})")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from shapecalc.engine import rules
+    from shapecalc._selftest.op_cases import OP_CASES
+    from test_rules import cross_check
+
+    key = rules.QualifiedName(f"torchvision.models.swin_transformer.{name}")
+
+    @settings(max_examples=8)
+    @given(case=OP_CASES[key](), data=st.data())
+    def check(case, data):
+        cross_check(case, data)
+
+    check()

@@ -1435,3 +1435,46 @@ def _power_average_pool_cases(draw, key):
                           {"op": layer})
     text = f"{_name(key)}({_pre_text(pre)}.abs(), {norm_type}, kernel={kernel}, stride={stride}, ceil_mode={ceil_mode})"
     return _call_case(key, nd, c, lambda self, x: key(x.abs(), norm_type, kernel, stride, ceil_mode), text, pre)
+
+
+# --- torchvision Swin helpers ---------------------------------------------------
+
+
+def _torchvision_swin():
+    """torchvision.models.swin_transformer, or skip the case (as _torchvision_ops)."""
+    import unittest
+
+    try:
+        import torchvision.models.swin_transformer as swin
+    except Exception as error:  # not installed, or its compiled ops do not load
+        raise unittest.SkipTest(f"torchvision does not import ({type(error).__name__})") from None
+    return swin
+
+
+@_cases(rules.QualifiedName("torchvision.models.swin_transformer.shifted_window_attention"),
+        rules.QualifiedName("torchvision.models.swin_transformer._get_relative_position_bias"))
+@st.composite
+def _shifted_window_cases(draw, key):
+    """torchvision's ShiftedWindowAttention on the input as (1, H, W, C): its
+    forward calls both fx-wrapped helpers (they are recorded only when called
+    from torchvision's own module)."""
+    swin = _torchvision_swin()
+    c = draw(st.sampled_from((2, 4)))
+    pre = draw(_pre_layers(2))
+    window = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    shift = [draw(st.integers(0, w - 1)) for w in window]
+    heads = draw(st.sampled_from((1, 2)))
+    layer = swin.ShiftedWindowAttention(c, window, shift, heads)
+    text = f"ShiftedWindowAttention({c}, window={window}, shift={shift}, heads={heads})({_pre_text(pre)}.permute(0, 2, 3, 1))"
+    return _call_case(key, 2, c, lambda self, x: self.op(x.permute(0, 2, 3, 1)), text, pre, {"op": layer})
+
+
+@_cases(rules.QualifiedName("torchvision.models.swin_transformer._patch_merging_pad"))
+@st.composite
+def _patch_merging_cases(draw, key):
+    swin = _torchvision_swin()
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(2))
+    layer = swin.PatchMerging(c)
+    text = f"PatchMerging({c})({_pre_text(pre)}.permute(0, 2, 3, 1))"
+    return _call_case(key, 2, c, lambda self, x: self.op(x.permute(0, 2, 3, 1)), text, pre, {"op": layer})
