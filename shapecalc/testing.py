@@ -148,6 +148,6 @@ def _concrete_failure(analysis, module: nn.Module, env) -> Optional[str]:
     try:
         analyze(module, spec, name=analysis.model, channels=int(analysis.input_tensor.shape[1]))
     except SizeError as error:
-        reason = getattr(error.__cause__, "reason", None) or error.reason
+        reason = error.reason
         return f"{getattr(error, 'node', None) or 'input'}: {reason}"
     return None

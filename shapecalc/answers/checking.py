@@ -517,7 +517,7 @@ def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Uni
 
 
 def _size_error_report(error: ShapecalcError, model: str, spec: InputSpec, failure=None) -> CheckReport:
-    reason = getattr(error.__cause__, "reason", None) or error.reason
+    reason = error.reason  # the boundary copies the error with its fields: the reason is its own
     node = getattr(error, "node", None) or "input"
     where = f"for any {' x '.join(map(str, spec.sizes))}" if spec.symbols else f"at {spec.text}"
     findings = [Finding(ERROR, "size", node, f"the network cannot run {where}: {reason}")]

@@ -611,7 +611,7 @@ def explain_failure(model, spec, error: ShapecalcError, *, channels: Optional[in
                and _fails(r.condition, env)]
     node = getattr(error, "node", None)
     first = failing[0] if failing else None
-    reason = getattr(error.__cause__, "reason", None) or error.reason
+    reason = error.reason  # the boundary copies the error with its fields: the reason is its own
     if node is None and first is not None:
         node = first.node
     if node is None:
