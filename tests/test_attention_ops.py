@@ -172,3 +172,21 @@ def test_torchvision_swin_helpers_match_torch(name):
         cross_check(case, data)
 
     check()
+
+
+def test_a_fractional_ratio_rounds_as_python_on_concrete_sizes_and_is_refused_on_symbolic_ones():
+    layer = nn.FractionalMaxPool2d(2, output_ratio=0.7)
+    for height, width in [(10, 13), (20, 7), (3, 3), (2, 9)]:
+        try:
+            with torch.no_grad():
+                expected = tuple(layer(torch.randn(1, 1, height, width)).shape)
+        except RuntimeError:
+            expected = None
+        try:
+            predicted = analyze(layer, f"{height}x{width}", channels=1).outputs["output"].shape
+            predicted = tuple(int(s) for s in predicted)
+        except Exception:  # noqa: BLE001 - a size verdict
+            predicted = None
+        assert predicted == expected, (height, width)
+    with pytest.raises(UnsupportedOpError, match="not exact in double precision"):
+        analyze(layer, "HxW", channels=1)

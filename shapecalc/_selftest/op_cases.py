@@ -1478,3 +1478,30 @@ def _patch_merging_cases(draw, key):
     layer = swin.PatchMerging(c)
     text = f"PatchMerging({c})({_pre_text(pre)}.permute(0, 2, 3, 1))"
     return _call_case(key, 2, c, lambda self, x: self.op(x.permute(0, 2, 3, 1)), text, pre, {"op": layer})
+
+
+# --- fractional max pooling -----------------------------------------------------
+
+
+@_cases(nn.FractionalMaxPool2d, F.fractional_max_pool2d_with_indices, F.fractional_max_pool2d)
+@st.composite
+def _fractional_pool_cases(draw, key):
+    """A given output size, or a ratio: dyadic ones (exact for every size) on
+    symbolic inputs; fx records F.fractional_max_pool2d by return_indices."""
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(2))
+    kernel = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    if draw(st.booleans()):
+        target = dict(output_size=draw(st.one_of(st.integers(1, 5), st.tuples(st.integers(1, 5), st.integers(1, 5)))))
+    else:
+        ratio = st.sampled_from((0.25, 0.5, 0.75, 0.875))
+        target = dict(output_ratio=draw(st.one_of(ratio, st.tuples(ratio, ratio))))
+    unbatched = draw(st.booleans())
+    if key is nn.FractionalMaxPool2d:
+        layer = key(kernel, return_indices=draw(st.booleans()), **target)
+        text = f"{layer!r}({_pre_text(pre)}{'[0]' if unbatched else ''})"
+        return _call_case(key, 2, c, lambda self, x: self.op(x[0] if unbatched else x), text, pre, {"op": layer})
+    indices = key is F.fractional_max_pool2d_with_indices
+    text = f"F.fractional_max_pool2d({_pre_text(pre)}{'[0]' if unbatched else ''}, {kernel}, {target}, return_indices={indices})"
+    return _call_case(key, 2, c, lambda self, x: F.fractional_max_pool2d(x[0] if unbatched else x, kernel,
+                                                                          return_indices=indices, **target), text, pre)
