@@ -1505,3 +1505,33 @@ def _fractional_pool_cases(draw, key):
     text = f"F.fractional_max_pool2d({_pre_text(pre)}{'[0]' if unbatched else ''}, {kernel}, {target}, return_indices={indices})"
     return _call_case(key, 2, c, lambda self, x: F.fractional_max_pool2d(x[0] if unbatched else x, kernel,
                                                                           return_indices=indices, **target), text, pre)
+
+
+# --- grid sampling --------------------------------------------------------------
+
+
+@_cases(F.grid_sample)
+@st.composite
+def _grid_sample_cases(draw, key):
+    """A fixed grid (whose batch and last axis may not fit), or one made of
+    the input itself (its spatial sizes become the output's)."""
+    nd = draw(st.sampled_from((2, 3)))
+    c = draw(st.sampled_from((1, 2, 3)))
+    pre = draw(_pre_layers(nd))
+    mode = draw(st.sampled_from(("bilinear", "nearest", "bicubic")))
+    padding_mode = draw(st.sampled_from(("zeros", "border", "reflection")))
+    tensors = None
+    if draw(st.booleans()):
+        shape = (draw(st.sampled_from((1, 1, 2))), *[draw(st.integers(0, 4)) for _ in range(nd)],
+                 draw(st.sampled_from((nd, nd, 2 if nd == 3 else 3))))
+        tensors = {"grid": torch.rand(shape) * 2 - 1}
+        make_grid, grid_text = (lambda self, x: self.grid), f"grid{shape}"
+    else:  # the first nd channels as coordinates (c < nd: torch refuses)
+        make_grid = lambda self, x: x.movedim(1, -1).tanh()  # noqa: E731
+        grid_text = "{x}.movedim(1, -1).tanh()"
+
+    def body(self, x):
+        return key(x, make_grid(self, x), mode=mode, padding_mode=padding_mode, align_corners=False)
+
+    text = f"grid_sample({{x}}, {grid_text}, {mode}, {padding_mode})".format(x=_pre_text(pre))
+    return _call_case(key, nd, c, body, text, pre, tensors=tensors)
