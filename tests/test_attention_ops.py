@@ -166,7 +166,7 @@ def test_torchvision_swin_helpers_match_torch(name):
 
     key = rules.QualifiedName(f"torchvision.models.swin_transformer.{name}")
 
-    @settings(max_examples=8)
+    @settings(max_examples=4)
     @given(case=OP_CASES[key](), data=st.data())
     def check(case, data):
         cross_check(case, data)
