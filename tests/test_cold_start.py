@@ -113,3 +113,20 @@ def test_model_code_that_asks_dynamo_during_the_check_gets_the_real_module():
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "module", "True"]
+
+
+def test_only_a_whole_process_run_freezes_the_garbage_collector():
+    # main() as the console script calls it (argv from sys.argv) freezes the
+    # objects it loaded; a program calling main(argv) keeps its collector as it was
+    done = _run("""
+        import contextlib, gc, io, sys
+        from shapecalc.cli import main
+        with contextlib.redirect_stderr(io.StringIO()):
+            code = main(["trace", "fcn8s", "--input", "3y"])
+            print(code, gc.get_freeze_count())
+            sys.argv = ["shapecalc", "trace", "fcn8s", "--input", "3y"]
+            code = main()
+        print(code, gc.get_freeze_count() > 0)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "0", "2", "True"]
