@@ -114,7 +114,7 @@ def _error_line(error: ShapecalcError, command: Optional[str] = None) -> str:
 def _analysis(args):
     from shapecalc.capture.specs import parse_input_spec, parse_model_args
 
-    _freeze_loaded_objects(args)  # sympy's, before torch's import collects
+    _freeze_loaded_objects(args)  # sympy's objects: torch's import then does not rescan them
     # what was typed is checked before torch loads: a typo fails at once
     spec = parse_input_spec(args.input)
     model_args = parse_model_args(args.arg)
