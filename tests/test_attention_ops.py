@@ -190,3 +190,42 @@ def test_a_fractional_ratio_rounds_as_python_on_concrete_sizes_and_is_refused_on
         assert predicted == expected, (height, width)
     with pytest.raises(UnsupportedOpError, match="not exact in double precision"):
         analyze(layer, "HxW", channels=1)
+
+
+class Pattern(nn.Module):
+    """``rearrange(x, pattern)`` with einops' function named as a global (how
+    models call it, and what keeps it one node)."""
+
+    def __init__(self, pattern, **lengths):
+        super().__init__()
+        self.pattern, self.lengths = pattern, lengths
+
+    def forward(self, x):
+        return rearrange(x, self.pattern, **self.lengths)
+
+
+try:
+    from einops import rearrange
+except ImportError:
+    rearrange = None
+
+
+@pytest.mark.parametrize("pattern, piece", [("b ... -> b (...)", "'...' inside parentheses"),
+                                            ("b c h w -> b c (h (w))", "nested parentheses"),
+                                            ("b c h w -> b c h w 2", "'2' is not supported")])
+def test_an_einops_pattern_outside_the_grammar_is_refused_in_one_line(pattern, piece):
+    if rearrange is None:
+        pytest.skip("einops is not installed")
+    with pytest.raises(UnsupportedOpError) as refused:
+        analyze(Pattern(pattern), "HxW", channels=1)
+    assert piece in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_einops_pattern_inside_the_grammar_matches_torch():
+    if rearrange is None:
+        pytest.skip("einops is not installed")
+    grid = [(2, 4), (3, 4), (4, 6), (6, 5), (1, 2)]
+    for pattern, lengths in [("b c (h p) (w q) -> b (h w) (p q c)", {"p": 2, "q": 2}), ("b c h w -> b w (c h)", {}),
+                             ("b ... w -> w b ...", {}), ("b c h w -> b c h w", {"h": 3})]:
+        _, ran = _check_against_cpu(Pattern(pattern, **lengths), 2, grid)
+        assert 0 < ran

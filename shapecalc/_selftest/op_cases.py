@@ -1535,3 +1535,47 @@ def _grid_sample_cases(draw, key):
 
     text = f"grid_sample({{x}}, {grid_text}, {mode}, {padding_mode})".format(x=_pre_text(pre))
     return _call_case(key, nd, c, body, text, pre, tensors=tensors)
+
+
+# --- einops -----------------------------------------------------------------------
+
+
+def _einops():
+    """einops, or skip the case: shapecalc does not depend on it."""
+    import unittest
+
+    try:
+        import einops
+        import einops.layers.torch
+    except ImportError as error:
+        raise unittest.SkipTest(f"einops is not installed ({error})") from None
+    # fx keeps a function a node only where the forward's module names it as
+    # a global, and not under a name starting with "_" (torch.fx's autowrap)
+    globals()["rearrange"] = einops.rearrange
+    return einops
+
+
+_EINOPS_PATTERNS = {
+    1: ["b c h -> b h c", "b c (h p) -> b (c p) h", "... h -> h ...", "b c h -> (b c h) 1", "b c h -> b c h"],
+    2: ["b c h w -> b h w c", "b c (h p) (w q) -> b (h w) (p q c)", "b c h w -> b (c h) w", "b ... w -> (b w) ...",
+        "b c h w -> b c (h w) 1", "b c h (w q) -> b (c q) h w", "b c h w -> b c h w", "b c h w -> () b w c h"],
+}
+
+
+@_cases(rules.QualifiedName("einops.einops.rearrange"), rules.QualifiedName("einops.layers.torch.Rearrange"))
+@st.composite
+def _rearrange_cases(draw, key):
+    einops = _einops()
+    nd = draw(st.sampled_from((1, 2)))
+    c = draw(_channel_counts)
+    pre = draw(_pre_layers(nd))
+    pattern = draw(st.sampled_from(_EINOPS_PATTERNS[nd]))
+    lengths = {a: draw(st.integers(1, 3)) for a in ("p", "q") if f" {a})" in pattern or f"{a} " in pattern.split("->")[0]}
+    if pattern in ("b c h w -> b c h w", "b c h -> b c h") and draw(st.booleans()):
+        lengths["h"] = draw(st.integers(1, 4))  # a given length the input must have
+    if key.name.endswith("Rearrange"):
+        layer = einops.layers.torch.Rearrange(pattern, **lengths)
+        return _call_case(key, nd, c, lambda self, x: self.op(x), f"Rearrange({pattern!r}, {lengths})({_pre_text(pre)})",
+                          pre, {"op": layer})
+    text = f"rearrange({_pre_text(pre)}, {pattern!r}, {lengths})"
+    return _call_case(key, nd, c, lambda self, x: rearrange(x, pattern, **lengths), text, pre)  # noqa: F821

@@ -290,10 +290,11 @@ def registered_leaf(module: nn.Module) -> bool:
     """A module whose exact class has a size rule: a leaf, so that rule fires.
     (Only the exact class: a subclass may override forward, e.g. a conv with
     'same' padding computed in forward, and is traced through.)"""
-    from shapecalc.engine.rules import RULES
+    from shapecalc.engine.rules import RULES, registry
 
     try:
-        return type(module) in RULES
+        # a library class keyed by name (einops' Rearrange) counts too
+        return type(module) in RULES or registry._qualified(type(module)) in RULES
     except TypeError:  # an unhashable class
         return False
 
@@ -325,7 +326,24 @@ def leaf_policy(leaf: Sequence = ()) -> tuple[tuple, tuple]:
     # fire; torch's own functions are call_function nodes already
     functions += [key for key in RULES if isinstance(key, types.FunctionType)
                   and not (key.__module__ or "").startswith("torch")]
+    functions += _imported_functions_keyed_by_name(RULES)
     return classes, tuple(dict.fromkeys(functions))
+
+
+def _imported_functions_keyed_by_name(rules) -> list:
+    """The Python functions of rules keyed by qualified name (einops.rearrange)
+    whose library the model has imported already: shapecalc imports none."""
+    from shapecalc.engine.rules import QualifiedName
+
+    found = []
+    for key in rules:
+        if not isinstance(key, QualifiedName):
+            continue
+        module_name, _, name = key.name.rpartition(".")
+        value = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(value, types.FunctionType):
+            found.append(value)
+    return found
 
 
 class _BoundArguments(nn.Module):
