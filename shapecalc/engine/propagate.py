@@ -79,6 +79,8 @@ class _NodeContext:
 
     def __init__(self, interpreter: "SizeInterpreter", node: torch.fx.Node, module=None):
         self._interpreter, self._node = interpreter, node
+        #: the fx node being sized: which key fired (F.max_pool1d or F.max_pool2d) says the op's rank
+        self.node = node
         self.node_name = node.name
         self.module = module
         self.training = interpreter.module.training

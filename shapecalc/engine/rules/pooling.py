@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 import sympy
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from shapecalc._errors import UnsupportedOpError
 from shapecalc.audits import receptive
 from shapecalc.engine.symbolic import (as_expr, eq, floordiv, format_expr, ge, gt, is_concrete, lt)
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
@@ -50,6 +52,39 @@ def _pool(ctx, x: SymbolicTensor, nd: int, kernel, stride, padding, dilation, ce
     return x.with_spatial(sizes, geometry)
 
 
+def _key_rank(ctx) -> int:
+    """The spatial rank in the name of the function that was called
+    (``max_pool1d``, ``max_pool2d_with_indices``, ``avg_pool3d``)."""
+    found = re.search(r"([123])d(?:_|$)", getattr(ctx.node.target, "__name__", ""))
+    if found is None:
+        raise UnsupportedOpError(f"{ctx.node.target!r}: no spatial rank in its name")
+    return int(found.group(1))
+
+
+def _on_last_axes(ctx, x, nd: int, what: str, compute):
+    """torch's pools work on the last ``nd`` axes of an (nd+1)- or (nd+2)-D
+    input, whichever of them carry a spatial mark: ``F.max_pool1d(x.flatten(2), 4)``
+    pools the flattened image, and ``F.max_pool1d`` of a 4-D tensor fails at
+    every size.  ``compute`` sizes a tensor whose spatial axes are exactly
+    those ``nd``; marked axes in front of them keep their size and map."""
+    x = _expect_tensor(x, what)
+    if x.ndim not in (nd + 1, nd + 2):
+        ctx.require(sympy.false, f"{what} expects a {nd + 1}-D or {nd + 2}-D input, got {x.ndim}-D")
+    trailing = tuple(range(x.ndim - nd, x.ndim))
+    marked = dict(zip(x.spatial, x.geometry))
+    if x.spatial == trailing:
+        return compute(x)
+
+    def back(t: SymbolicTensor) -> SymbolicTensor:
+        pooled = dict(zip(trailing, t.geometry))
+        return SymbolicTensor(t.shape, x.spatial, tuple(pooled[a] if a in pooled else marked[a] for a in x.spatial),
+                              x.dtype_kind)
+
+    result = compute(SymbolicTensor(x.shape, trailing, tuple(marked.get(a) for a in trailing), x.dtype_kind))
+    return tuple(back(t) for t in result) if isinstance(result, tuple) else back(result)
+
+
+
 def _with_indices(values: SymbolicTensor, return_indices: bool):
     """``(values, indices)`` where torch returns both: the indices have the
     values' shape (and their positions, for an unpool to invert)."""
@@ -59,15 +94,16 @@ def _with_indices(values: SymbolicTensor, return_indices: bool):
 @rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def max_pooling(ctx, x):
     m = ctx.module
-    nd = _module_rank(m)
-    return _with_indices(_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), m.return_indices)
+    return _on_last_axes(ctx, x, _module_rank(m), type(m).__name__, lambda t: _with_indices(
+        _pool(ctx, t, _module_rank(m), m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), m.return_indices))
 
 
 @rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def average_pooling(ctx, x):
     m = ctx.module
     nd = _module_rank(m)
-    return _average_pool(ctx, x, nd, m.kernel_size, m.stride, m.padding, m.ceil_mode)
+    return _on_last_axes(ctx, x, nd, type(m).__name__,
+                         lambda t: _average_pool(ctx, t, nd, m.kernel_size, m.stride, m.padding, m.ceil_mode))
 
 
 def _average_pool(ctx, x, nd: int, kernel, stride, padding, ceil_mode: bool):
@@ -83,8 +119,9 @@ def _average_pool(ctx, x, nd: int, kernel, stride, padding, ceil_mode: bool):
 @rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, params=_window_params,
       spatial_rank=_numbered, keeps_channels=True)
 def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    x = _expect_tensor(x, "max_pool")
-    return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), return_indices)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"max_pool{nd}d", lambda t: _with_indices(
+        _pool(ctx, t, nd, kernel_size, stride, padding, dilation, ceil_mode), return_indices))
 
 
 # F.max_pool2d(..., return_indices=True) is traced as these; they return
@@ -92,14 +129,16 @@ def functional_max_pooling(ctx, x, kernel_size, stride=None, padding=0, dilation
 @rule(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices, params=_window_params,
       spatial_rank=_numbered, keeps_channels=True)
 def max_pooling_with_indices(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    x = _expect_tensor(x, "max_pool")
-    return _with_indices(_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, dilation, ceil_mode), True)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"max_pool{nd}d", lambda t: _with_indices(
+        _pool(ctx, t, nd, kernel_size, stride, padding, dilation, ceil_mode), True))
 
 
 @rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def functional_average_pooling(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-    x = _expect_tensor(x, "avg_pool")
-    return _average_pool(ctx, x, len(x.spatial), kernel_size, stride, padding, ceil_mode)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"avg_pool{nd}d",
+                         lambda t: _average_pool(ctx, t, nd, kernel_size, stride, padding, ceil_mode))
 
 
 def _adaptive_rf(g: Optional[AxisGeometry], n, out):
@@ -168,21 +207,24 @@ _ADAPTIVE = dict(params=_adaptive_params, resample=_adaptive_sampling, spatial_r
       nn.AdaptiveMaxPool3d, **_ADAPTIVE)
 def adaptive_pooling(ctx, x):
     m = ctx.module
-    pooled = _adaptive(ctx, x, _module_rank(m), m.output_size, average=isinstance(m, _ADAPTIVE_AVERAGE_MODULES))
-    return _with_indices(pooled, getattr(m, "return_indices", False))
+    nd, average = _module_rank(m), isinstance(m, _ADAPTIVE_AVERAGE_MODULES)
+    return _on_last_axes(ctx, x, nd, type(m).__name__, lambda t: _with_indices(
+        _adaptive(ctx, t, nd, m.output_size, average=average), getattr(m, "return_indices", False)))
 
 
 @rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, **_ADAPTIVE)
 def functional_adaptive_pooling(ctx, x, output_size, return_indices=False):
-    x = _expect_tensor(x, "adaptive pool")
-    return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), return_indices)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"adaptive_max_pool{nd}d",
+                         lambda t: _with_indices(_adaptive(ctx, t, nd, output_size), return_indices))
 
 
 @rule(F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool3d_with_indices,
       **_ADAPTIVE)
 def adaptive_pooling_with_indices(ctx, x, output_size, return_indices=False):
-    x = _expect_tensor(x, "adaptive pool")
-    return _with_indices(_adaptive(ctx, x, len(x.spatial), output_size), True)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"adaptive_max_pool{nd}d",
+                         lambda t: _with_indices(_adaptive(ctx, t, nd, output_size), True))
 
 
 def _unpool(ctx, x, indices, nd: int, kernel, stride, padding, output_size):
@@ -230,11 +272,12 @@ def max_unpooling(ctx, x, indices, output_size=None):
 
 @rule(F.max_unpool1d, F.max_unpool2d, F.max_unpool3d, params=_window_params, spatial_rank=_numbered, keeps_channels=True)
 def functional_max_unpooling(ctx, x, indices, kernel_size, stride=None, padding=0, output_size=None):
-    x = _expect_tensor(x, "max_unpool")
-    return _unpool(ctx, x, indices, len(x.spatial), kernel_size, stride, padding, output_size)
+    # the rank is the function's (max_unpool1d), not the count of marked axes
+    return _unpool(ctx, x, indices, _key_rank(ctx), kernel_size, stride, padding, output_size)
 
 
 @rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, **_ADAPTIVE)
 def functional_adaptive_average_pooling(ctx, x, output_size):
-    x = _expect_tensor(x, "adaptive pool")
-    return _adaptive(ctx, x, len(x.spatial), output_size, average=True)
+    nd = _key_rank(ctx)
+    return _on_last_axes(ctx, x, nd, f"adaptive_avg_pool{nd}d",
+                         lambda t: _adaptive(ctx, t, nd, output_size, average=True))
