@@ -49,7 +49,7 @@ def _torch_shape(model, h):
     try:
         with torch.no_grad():
             return tuple(model(torch.zeros(1, 2, h, h)).shape)
-    except RuntimeError:
+    except (RuntimeError, ValueError, NotImplementedError):  # torch's size refusals for these ops
         return None
 
 
@@ -79,3 +79,21 @@ class _Lambda(nn.Module):
 
     def forward(self, x):
         return self.function(x)
+
+
+# interpolation resamples every axis after batch and channels, marked or not; F.batch_norm with
+# training=True refuses one value per channel whatever mode the model is in
+CASES_AFTER_FLATTEN = {
+    "interpolate of a flattened image": lambda x: F.interpolate(x.flatten(2), scale_factor=2),
+    "interpolate of a flattened image to a size": lambda x: F.interpolate(x.flatten(2), size=7, mode="linear"),
+    "bilinear interpolation of a 3-d tensor (never runs)": lambda x: F.interpolate(x[:, 0], scale_factor=2,
+                                                                                   mode="bilinear"),
+    "batch_norm with training=True of a flattened image": lambda x: F.batch_norm(x.flatten(2), None, None,
+                                                                                 training=True),
+}
+CASES.update(CASES_AFTER_FLATTEN)
+
+
+@pytest.mark.parametrize("name", list(CASES_AFTER_FLATTEN))
+def test_resampling_and_norms_follow_torch_after_a_flatten(name):
+    test_pools_take_the_last_axes_as_torch_does(name)

@@ -79,7 +79,7 @@ class _NodeContext:
 
     def __init__(self, interpreter: "SizeInterpreter", node: torch.fx.Node, module=None):
         self._interpreter, self._node = interpreter, node
-        #: the fx node being sized: which key fired (F.max_pool1d or F.max_pool2d) says the op's rank
+        #: the fx node being sized: which key fired (a 1-d or a 2-d pooling function) says the op's rank
         self.node = node
         self.node_name = node.name
         self.module = module

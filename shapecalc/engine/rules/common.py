@@ -64,3 +64,28 @@ def _windowed_geometry(g: Optional[AxisGeometry], kernel: int, stride: int, pad_
 def _channels(ctx: RuleContext, x: SymbolicTensor, expected: int, what: str) -> None:
     if x.ndim >= 2:
         ctx.require(eq(x.shape[1], expected), f"{what} expects {expected} input channels, got {format_expr(x.shape[1])}")
+
+
+def _on_last_axes(ctx, x, nd: int, what: str, compute):
+    """torch's pools and resamplers work on the last ``nd`` axes of an (nd+1)- or (nd+2)-D
+    input, whichever of them carry a spatial mark: ``F.max_pool1d(x.flatten(2), 4)``
+    pools the flattened image, and ``F.max_pool1d`` of a 4-D tensor fails at
+    every size.  ``compute`` sizes a tensor whose spatial axes are exactly
+    those ``nd``; marked axes in front of them keep their size and map."""
+    x = _expect_tensor(x, what)
+    if x.ndim not in (nd + 1, nd + 2):
+        ctx.require(sympy.false, f"{what} expects a {nd + 1}-D or {nd + 2}-D input, got {x.ndim}-D")
+    trailing = tuple(range(x.ndim - nd, x.ndim))
+    marked = dict(zip(x.spatial, x.geometry))
+    if x.spatial == trailing:
+        return compute(x)
+
+    def back(t: SymbolicTensor) -> SymbolicTensor:
+        pooled = dict(zip(trailing, t.geometry))
+        return SymbolicTensor(t.shape, x.spatial, tuple(pooled[a] if a in pooled else marked[a] for a in x.spatial),
+                              x.dtype_kind)
+
+    result = compute(SymbolicTensor(x.shape, trailing, tuple(marked.get(a) for a in trailing), x.dtype_kind))
+    return tuple(back(t) for t in result) if isinstance(result, tuple) else back(result)
+
+

@@ -90,5 +90,15 @@ def batch_norm(ctx, x):
 
 
 @rule(F.batch_norm, keeps_channels=True)
-def functional_batch_norm(ctx, x, *args, **kwargs):
-    return _expect_tensor(x, "batch_norm")
+def functional_batch_norm(ctx, x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+                          momentum=0.1, eps=1e-5):
+    x = _expect_tensor(x, "batch_norm")
+    if training is True and x.ndim >= 2:
+        # F.batch_norm(..., training=True) computes batch statistics: torch refuses a single value
+        # per channel ("Expected more than 1 value per channel when training") at any mode of the model
+        values = x.shape[0]
+        for size in x.shape[2:]:
+            values = values * size
+        ctx.require(gt(values, 1), f"batch_norm with training=True needs more than one value per channel "
+                                   f"(got {format_expr(values)})")
+    return x

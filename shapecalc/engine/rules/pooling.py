@@ -13,7 +13,7 @@ from shapecalc._errors import UnsupportedOpError
 from shapecalc.audits import receptive
 from shapecalc.engine.symbolic import (as_expr, eq, floordiv, format_expr, ge, gt, is_concrete, lt)
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
-from shapecalc.engine.rules.common import _axis_geometry, _expect_tensor, _nonempty, _per_axis, _spatial_axes, _spatial_count, _windowed_geometry
+from shapecalc.engine.rules.common import _axis_geometry, _on_last_axes, _expect_tensor, _nonempty, _per_axis, _spatial_axes, _spatial_count, _windowed_geometry
 from shapecalc.engine.rules.convolution import _transposed_axis
 from shapecalc.engine.rules.metadata import _ADAPTIVE_AVERAGE_MODULES, _adaptive_params, _adaptive_sampling, _module_rank, _numbered, _window_params
 from shapecalc.engine.rules.registry import rule
@@ -59,30 +59,6 @@ def _key_rank(ctx) -> int:
     if found is None:
         raise UnsupportedOpError(f"{ctx.node.target!r}: no spatial rank in its name")
     return int(found.group(1))
-
-
-def _on_last_axes(ctx, x, nd: int, what: str, compute):
-    """torch's pools work on the last ``nd`` axes of an (nd+1)- or (nd+2)-D
-    input, whichever of them carry a spatial mark: ``F.max_pool1d(x.flatten(2), 4)``
-    pools the flattened image, and ``F.max_pool1d`` of a 4-D tensor fails at
-    every size.  ``compute`` sizes a tensor whose spatial axes are exactly
-    those ``nd``; marked axes in front of them keep their size and map."""
-    x = _expect_tensor(x, what)
-    if x.ndim not in (nd + 1, nd + 2):
-        ctx.require(sympy.false, f"{what} expects a {nd + 1}-D or {nd + 2}-D input, got {x.ndim}-D")
-    trailing = tuple(range(x.ndim - nd, x.ndim))
-    marked = dict(zip(x.spatial, x.geometry))
-    if x.spatial == trailing:
-        return compute(x)
-
-    def back(t: SymbolicTensor) -> SymbolicTensor:
-        pooled = dict(zip(trailing, t.geometry))
-        return SymbolicTensor(t.shape, x.spatial, tuple(pooled[a] if a in pooled else marked[a] for a in x.spatial),
-                              x.dtype_kind)
-
-    result = compute(SymbolicTensor(x.shape, trailing, tuple(marked.get(a) for a in trailing), x.dtype_kind))
-    return tuple(back(t) for t in result) if isinstance(result, tuple) else back(result)
-
 
 
 def _with_indices(values: SymbolicTensor, return_indices: bool):

@@ -10,7 +10,7 @@ from shapecalc._errors import UnsupportedOpError
 from shapecalc.audits import receptive
 from shapecalc.engine.symbolic import (as_expr, floor_of, format_expr, ge)
 from shapecalc.engine.tensors import SymbolicTensor
-from shapecalc.engine.rules.common import _expect_tensor, _nonempty, _per_axis
+from shapecalc.engine.rules.common import _expect_tensor, _nonempty, _on_last_axes, _per_axis
 from shapecalc.engine.rules.merges import exact_in_double
 from shapecalc.engine.rules.metadata import _interpolation_params, _interpolation_sampling
 from shapecalc.engine.rules.pooling import _adaptive, _resampled_geometry
@@ -73,10 +73,28 @@ def _interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_cor
 
 @rule(F.interpolate, F.upsample, params=_interpolation_params, resample=_interpolation_sampling, keeps_channels=True)
 def interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None, antialias=False):
-    return _interpolate(ctx, x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+    return _on_input_axes(ctx, x, mode, lambda t: _interpolate(ctx, t, size, scale_factor, mode, align_corners,
+                                                               recompute_scale_factor, antialias))
+
+
+#: the one input rank each linear mode takes (torch: "Got 4D input, but linear mode needs 3D input")
+_MODE_RANKS = {"linear": 3, "bilinear": 4, "bicubic": 4, "trilinear": 5}
+
+
+def _on_input_axes(ctx, x, mode, compute):
+    """torch resamples every axis after batch and channels of a 3-, 4- or
+    5-D input, whichever of them shapecalc marked spatial (an interpolate of
+    a flattened image resamples the flattened axis)."""
+    x = _expect_tensor(x, "interpolate")
+    wanted = _MODE_RANKS.get(mode)
+    ctx.require(sympy.sympify(x.ndim in (3, 4, 5) and wanted in (None, x.ndim)),
+                f"{mode} interpolation of a {x.ndim}-D input (it takes "
+                f"{f'{wanted}-D' if wanted else '3-D to 5-D'} inputs)")
+    return _on_last_axes(ctx, x, x.ndim - 2, "interpolate", compute)
 
 
 @rule(nn.Upsample, params=_interpolation_params, resample=_interpolation_sampling, keeps_channels=True)
 def upsample(ctx, x):
     m = ctx.module
-    return _interpolate(ctx, x, m.size, m.scale_factor, m.mode, m.align_corners, getattr(m, "recompute_scale_factor", None))
+    return _on_input_axes(ctx, x, m.mode, lambda t: _interpolate(ctx, t, m.size, m.scale_factor, m.mode, m.align_corners,
+                                                                 getattr(m, "recompute_scale_factor", None)))
