@@ -152,18 +152,9 @@ def test_docs_write_and_check_the_svg_beside_the_page(tmp_path, capsys):
 
 def test_a_third_party_model_marks_and_output_sizes_match_meta_forward_passes():
     # MONAI's UNet: strided convs and cats that run for two residues mod 4 (a period-4 strip)
-    import sys
-    from pathlib import Path
+    import zoo_setup
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        import zoo_setup
-
-        monai = zoo_setup.import_zoo()[2]
-    except ImportError as error:  # the [zoo] extra is optional
-        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
-    model = monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
-                                     strides=(2, 2)).eval().to("meta")
+    model = zoo_setup.small_monai_unet()
     root, checked = _check_against_torch(model, "H", channels=1)
     states = set(_marks(root, "H").values())
     assert "fails" in states and states - {"fails"}, states  # some sizes run, some do not

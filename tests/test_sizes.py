@@ -288,18 +288,9 @@ def test_sizes_bad_input_exit_2(capsys, models_file, argv, words):
 
 
 def test_monai_unet_nearest_sizes_and_padding_against_meta():
-    import sys
-    from pathlib import Path
+    import zoo_setup
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        import zoo_setup
-
-        monai = zoo_setup.import_zoo()[2]
-    except ImportError as error:  # the [zoo] extra is optional
-        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
-    model = monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
-                                     strides=(2, 2)).eval().to("meta")
+    model = zoo_setup.small_monai_unet()
     valid = analyze(model, "H").valid_sizes("H")
     # the set the engine found is torch's: meta forward passes over a sweep
     assert [h for h in range(1, 60) if h in valid] == [h for h in range(1, 60) if runs(model, h)]

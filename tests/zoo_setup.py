@@ -58,3 +58,17 @@ def import_zoo():
     import torchvision.models  # noqa: F401
 
     return timm, segmentation_models_pytorch, monai, torchvision.models
+
+
+def small_monai_unet():
+    """MONAI's 2-D UNet, thin (channels 4, 8, 16; two stride-2 stages), on
+    meta: it runs for two residues of H mod 4.  Skips the calling test, saying
+    why, when the ``[zoo]`` extra is not installed."""
+    import pytest
+
+    try:
+        monai = import_zoo()[2]
+    except ImportError as error:  # the [zoo] extra is optional
+        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
+    return monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
+                                    strides=(2, 2)).eval().to("meta")
