@@ -11,7 +11,7 @@ from shapecalc._errors import UnsupportedOpError
 from shapecalc.engine.symbolic import as_expr, eq, floordiv, format_expr, ge
 from shapecalc.engine.tensors import SymbolicTensor
 from shapecalc.engine.rules.common import _expect_tensor, _per_axis, _windowed_geometry
-from shapecalc.engine.rules.metadata import bound_arguments, _module_rank, _numbered, _window_params
+from shapecalc.engine.rules.metadata import _adaptive_params, _module_rank, _numbered, _window_params
 from shapecalc.engine.rules.pooling import _average_pool
 from shapecalc.engine.rules.registry import rule
 
@@ -109,11 +109,8 @@ def _col2im(ctx, x, output_size, kernel, dilation, padding, stride):
 
 
 def _fold_params(node, graph_module) -> str:
-    if node.op == "call_module":
-        output_size = graph_module.get_submodule(node.target).output_size
-    else:
-        output_size = bound_arguments(node, graph_module).get("output_size")
-    return f"out={output_size} {_window_params(node, graph_module)}"
+    # a fold's output size is shown as an adaptive pool's is, then its window
+    return f"{_adaptive_params(node, graph_module)} {_window_params(node, graph_module)}"
 
 
 @rule(F.unfold, params=_window_params, spatial_rank=2)
