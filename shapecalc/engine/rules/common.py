@@ -89,3 +89,10 @@ def _on_last_axes(ctx, x, nd: int, what: str, compute):
     return tuple(back(t) for t in result) if isinstance(result, tuple) else back(result)
 
 
+def _one_sequence_or_many(values: tuple) -> tuple:
+    """torch takes sizes or dims either spread out or as one sequence
+    (``x.view(1, -1)`` and ``x.view((1, -1))``, ``x.permute([0, 2, 1])``);
+    a ``torch.Size`` is a tuple."""
+    if len(values) == 1 and isinstance(values[0], (tuple, list)):
+        return tuple(values[0])
+    return values

@@ -8,7 +8,7 @@ import torch
 import torch.fx
 from shapecalc.engine.symbolic import (as_expr, eq, format_expr, ge)
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
-from shapecalc.engine.rules.common import _expect_tensor
+from shapecalc.engine.rules.common import _expect_tensor, _one_sequence_or_many
 from shapecalc.engine.rules.registry import rule
 
 
@@ -23,8 +23,7 @@ def _copied_geometry(g: Optional[AxisGeometry], copied: bool) -> Optional[AxisGe
 @rule("expand")
 def expand(ctx, x, *sizes):
     x = _expect_tensor(x, "expand")
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
-        sizes = tuple(sizes[0])
+    sizes = _one_sequence_or_many(sizes)
     sizes = [as_expr(s) for s in sizes]
     if len(sizes) < x.ndim:
         ctx.require(sympy.false, f"expand to {len(sizes)} sizes of a {x.ndim}-d tensor (at least {x.ndim})")
@@ -61,8 +60,7 @@ def expand_as(ctx, x, other):
 @rule("repeat")
 def repeat(ctx, x, *repeats):
     x = _expect_tensor(x, "repeat")
-    if len(repeats) == 1 and isinstance(repeats[0], (tuple, list, torch.Size)):
-        repeats = tuple(repeats[0])
+    repeats = _one_sequence_or_many(repeats)
     repeats = [as_expr(r) for r in repeats]
     if len(repeats) < x.ndim:
         ctx.require(sympy.false, f"repeat with {len(repeats)} counts for a {x.ndim}-d tensor "
@@ -82,8 +80,7 @@ def _dims(x: SymbolicTensor, dims) -> list[int]:
 @rule(torch.flip, "flip")
 def flip(ctx, x, *dims):
     x = _expect_tensor(x, "flip")
-    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-        dims = tuple(dims[0])
+    dims = _one_sequence_or_many(dims)
     flipped = set(_dims(x, list(dims)))
     # index i now holds input index n-1-i: a mirrored map, which Caffe's
     # positive-scale convention cannot state; unknown rather than wrong

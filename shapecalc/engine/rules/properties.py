@@ -8,6 +8,7 @@ import torch.fx
 from shapecalc._errors import UnsupportedOpError
 from shapecalc.engine.symbolic import (as_expr, format_expr, ge)
 from shapecalc.engine.tensors import SymbolicTensor
+from shapecalc.engine.rules.common import _one_sequence_or_many
 from shapecalc.engine.rules.registry import rule
 
 
@@ -27,8 +28,7 @@ class Untracked:
 def new_tensor(ctx, *size, **options):
     """``torch.empty([B, 0, H // 2, W // 2], dtype=x.dtype)``: a tensor of its own
     (no pixel of the input in it, so no spatial axes)."""
-    if len(size) == 1 and isinstance(size[0], (tuple, list)):
-        size = tuple(size[0])
+    size = _one_sequence_or_many(size)
     for s in size:
         if isinstance(s, (SymbolicTensor, float, str)) or s is None:
             raise UnsupportedOpError(f"a tensor of size {size!r}")

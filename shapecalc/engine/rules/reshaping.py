@@ -12,14 +12,13 @@ from shapecalc._errors import UnsupportedOpError
 from shapecalc.audits import receptive
 from shapecalc.engine.symbolic import (as_expr, eq, floordiv, format_expr)
 from shapecalc.engine.tensors import AxisGeometry, SymbolicTensor
-from shapecalc.engine.rules.common import _expect_tensor, _nonempty
+from shapecalc.engine.rules.common import _expect_tensor, _nonempty, _one_sequence_or_many
 from shapecalc.engine.rules.pooling import _adaptive_rf
 from shapecalc.engine.rules.registry import rule
 
 
 def _reshape(ctx, x: SymbolicTensor, sizes):
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = tuple(sizes[0])
+    sizes = _one_sequence_or_many(sizes)
     sizes = [as_expr(s) for s in sizes]
     total = sympy.Mul(*x.shape)
     if any(s == -1 for s in sizes):
@@ -108,8 +107,7 @@ def _moved(x: SymbolicTensor, order: Sequence[int]) -> SymbolicTensor:
 
 @rule("permute", torch.permute)
 def permute(ctx, x, *dims):
-    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-        dims = tuple(dims[0])
+    dims = _one_sequence_or_many(dims)
     return _moved(_expect_tensor(x, "permute"), dims)
 
 
