@@ -6,6 +6,7 @@ spec and the node here, so every message a person sees names all three.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -16,7 +17,7 @@ import torch.fx
 import torch.nn as nn
 
 from shapecalc.engine import rules
-from shapecalc._errors import ShapecalcError, TraceError
+from shapecalc._errors import ShapecalcError, TraceError, UnsupportedOpError
 from shapecalc.engine.domain import Domain, PeriodicSet
 from shapecalc.audits.geometry import CropAlignment, MergeAlignment, aligned_sizes, crop_alignments, crop_conditions, merge_alignments
 from shapecalc.engine.propagate import META_KEY, SizeInterpreter
@@ -35,6 +36,8 @@ class Layer:
     op: str
     params: str
     tensor: SymbolicTensor
+    #: the qualified name of the module whose call produced it (``encoder.layer1.0.conv1``; "" for the model's own code)
+    module: str = ""
 
     @property
     def spatial(self) -> tuple[sympy.Expr, ...]:
@@ -42,7 +45,7 @@ class Layer:
         return tuple(display_form(s) for s in self.tensor.spatial_sizes)
 
     def __repr__(self) -> str:
-        return (f"Layer(name={self.name!r}, op={self.op!r}, params={self.params!r}, "
+        return (f"Layer(name={self.name!r}, module={self.module!r}, op={self.op!r}, params={self.params!r}, "
                 f"spatial=({', '.join(format_expr(s) for s in self.tensor.spatial_sizes)}))")
 
 
@@ -71,10 +74,16 @@ class Analysis:
     aligned_domain: Mapping[sympy.Symbol, PeriodicSet] = field(default_factory=lambda: types.MappingProxyType({}))
     #: alignment conditions that could not be decided (they leave aligned_domain an upper bound)
     alignment_undecided: tuple = field(default=(), repr=False)
+    #: the front end that captured the graph: "fx" (torch.fx) or "aten" (make_fx over a ShapeEnv)
+    capture: str = "fx"
+    #: the ATen front end's regions of the size space (see shapecalc.capture.regions), in capture order
+    pieces: tuple = ()
+    #: True when the pieces cover every size, False when part is unexplored, None when not decided
+    pieces_complete: Optional[bool] = None
 
     def __post_init__(self):
         # whatever sequences and dicts the caller built, the result holds read-only copies
-        for name in ("layers", "crops", "notes", "merges", "resamples", "alignment_undecided"):
+        for name in ("layers", "crops", "notes", "merges", "resamples", "alignment_undecided", "pieces"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("outputs", "aligned_domain"):
             object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
@@ -152,16 +161,50 @@ def _outputs(value) -> dict[str, SymbolicTensor]:
     return {}
 
 
+#: the front ends ``analyze(capture=...)`` and ``--capture`` take
+CAPTURES = ("fx", "aten", "auto")
+
+
 def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None, batch: int = 1,
-            name: Optional[str] = None, leaf: Sequence = (), concrete_args: Optional[Mapping[str, Any]] = None
+            name: Optional[str] = None, leaf: Sequence = (), concrete_args: Optional[Mapping[str, Any]] = None,
+            capture: str = "fx", max_captures: Optional[int] = None, max_seconds: Optional[float] = None
             ) -> Analysis:
     """Trace ``model`` and derive, for the input spec (``"H"``, ``"HxW"``,
     ``"512x384"``), every layer's spatial sizes, the crop offsets, the output
     sizes and the exact set of valid input sizes.  ``leaf`` (module classes,
     functions or ``package.module:Name`` specs) stay one node each and
-    ``concrete_args`` fix forward() arguments (see :func:`shapecalc.tracing`)."""
+    ``concrete_args`` fix forward() arguments (see :func:`shapecalc.tracing`).
+
+    ``capture`` picks the front end: ``"fx"`` (torch.fx, fast), ``"aten"``
+    (PyTorch's symbolic tracing, for models whose Python looks at sizes: the
+    domain becomes piecewise, each region of the size space mapped to a
+    graph or to the model's own exception, exploring at most
+    ``max_captures`` captures and ``max_seconds``), or ``"auto"`` (fx, and
+    the ATen front end where fx cannot trace the model faithfully)."""
     name = name or type(model).__name__
     spec = parse_input_spec(input) if isinstance(input, str) else input
+    if capture not in CAPTURES:
+        raise ValueError(f"capture={capture!r}: use one of {', '.join(CAPTURES)}")
+    if capture == "aten":
+        return _analyze_aten(model, spec, channels=channels, batch=batch, name=name, max_captures=max_captures,
+                             max_seconds=max_seconds)
+    try:
+        return _analyze_fx(model, spec, channels=channels, batch=batch, name=name, leaf=leaf,
+                           concrete_args=concrete_args)
+    except (TraceError, UnsupportedOpError) as fx_error:
+        if capture != "auto":
+            raise
+        why = f"torch.fx could not be used ({fx_error.reason})"
+    try:
+        analysis = _analyze_aten(model, spec, channels=channels, batch=batch, name=name, max_captures=max_captures,
+                                 max_seconds=max_seconds)
+    except ShapecalcError as aten_error:
+        from shapecalc.aten_analysis import copy_error
+        raise copy_error(aten_error, f"{aten_error.reason}; {why}") from aten_error
+    return dataclasses.replace(analysis, notes=(f"captured with the ATen front end: {why}", *analysis.notes))
+
+
+def _analyze_fx(model: nn.Module, spec: InputSpec, *, channels, batch, name, leaf, concrete_args) -> Analysis:
     try:
         concrete = [tuple(int(s) for s in spec.sizes)] if not spec.symbols else []
         graph_module = trace_module(model, channels=channels, batch=batch, sizes=concrete,
@@ -170,9 +213,7 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
         dimensions, inferred_channels = spatial_dimensions_and_channels(graph_module)
         spec = spec.for_dimensions(dimensions or (2 if len(spec.sizes) == 1 else len(spec.sizes)))
         channel_count = channels or inferred_channels or 3
-        count = len(spec.sizes)
-        input_tensor = SymbolicTensor((sympy.Integer(batch), sympy.Integer(channel_count), *spec.sizes),
-                                      tuple(range(2, 2 + count)), (IDENTITY,) * count)
+        input_tensor = _input_tensor(spec, channel_count, batch)
         placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
         required = [n for n in placeholders if not n.args]
         if len(required) > 1:
@@ -183,11 +224,25 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
         _check_at_valid_sizes(model, graph_module, domain, spec, channel_count, batch)
     except ShapecalcError as error:
         raise _with_context(error, name, spec) from error
+    notes = trace_notes(graph_module) + interpreter.notes
+    return _assembled(name, spec, input_tensor, graph_module, interpreter, result, domain, notes, capture="fx")
+
+
+def _input_tensor(spec: InputSpec, channels: int, batch: int) -> SymbolicTensor:
+    count = len(spec.sizes)
+    return SymbolicTensor((sympy.Integer(batch), sympy.Integer(channels), *spec.sizes),
+                          tuple(range(2, 2 + count)), (IDENTITY,) * count)
+
+
+def _assembled(name, spec, input_tensor, graph_module, interpreter, result, domain, notes, *, capture: str,
+               pieces=(), pieces_complete=None) -> Analysis:
+    """The Analysis of a sized graph: layers, crops, merges, resamples, alignment."""
     layers = []
     for node in graph_module.graph.nodes:
         value = node.meta.get(META_KEY)
-        if isinstance(value, SymbolicTensor) and value.spatial and node.op != "output":
-            layers.append(Layer(node.name, op_label(node, graph_module), _params(node, graph_module), value))
+        if isinstance(value, SymbolicTensor) and value.spatial and node.op != "output" and not _unread_index(node, value):
+            layers.append(Layer(_layer_name(node, capture), op_label(node, graph_module), _params(node, graph_module),
+                                value, _module_of(node, capture)))
     crops = crop_alignments(graph_module, interpreter.crops, domain, input_tensor)
     merges = merge_alignments(graph_module, domain)
     resamples = resample_alignments(graph_module, domain)
@@ -198,9 +253,26 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     # nothing was recorded) must still keep the aligned domain an upper bound.
     undecided = list(undecided) + [f"{item.name}: alignment not decided" for item in (*crops, *merges, *resamples)
                                    if item.aligned is None and not getattr(item, "conditions", ())]
-    notes = trace_notes(graph_module) + interpreter.notes
     return Analysis(name, spec, input_tensor, layers, _outputs(result), crops, domain, notes, graph_module,
-                    merges=merges, resamples=resamples, aligned_domain=aligned_domain, alignment_undecided=undecided)
+                    merges=merges, resamples=resamples, aligned_domain=aligned_domain, alignment_undecided=undecided,
+                    capture=capture, pieces=pieces, pieces_complete=pieces_complete)
+
+
+def _unread_index(node: torch.fx.Node, value: SymbolicTensor) -> bool:
+    # a max pool's indices that nothing reads (an ATen graph always has them)
+    return value.dtype_kind == "integer" and not node.users and node.op == "call_function"
+
+
+def _module_of(node: torch.fx.Node, capture: str) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    from shapecalc.capture.aten import module_path
+    return module_path(node)
+
+
+def _layer_name(node: torch.fx.Node, capture: str) -> str:
+    # an ATen node's own name (convolution_3) says little: it is read with its module (docs/json.md)
+    return node.name
 
 
 def _check_at_valid_sizes(model, graph_module, domain: Domain, spec: InputSpec, channels: int, batch: int) -> None:
@@ -214,6 +286,16 @@ def _check_at_valid_sizes(model, graph_module, domain: Domain, spec: InputSpec, 
         return
     sizes = [tuple(int(smallest.get(s, s)) for s in spec.sizes)]
     check_fidelity(model, graph_module, channels=channels, dimensions=len(spec.sizes), sizes=sizes, batch=batch)
+
+
+def _analyze_aten(model: nn.Module, spec: InputSpec, *, channels, batch, name, max_captures, max_seconds
+                  ) -> Analysis:
+    from shapecalc import aten_analysis
+    try:
+        return aten_analysis.analyze_aten(model, spec, channels=channels, batch=batch, name=name,
+                                       max_captures=max_captures, max_seconds=max_seconds)
+    except ShapecalcError as error:
+        raise _with_context(error, name, spec) from error
 
 
 def _with_context(error: ShapecalcError, model: str, spec: InputSpec) -> ShapecalcError:

@@ -513,4 +513,7 @@ def op_label(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
         return type(graph_module.get_submodule(node.target)).__name__
     if node.op == "call_method":
         return f".{node.target}"
+    if isinstance(node.target, torch._ops.OpOverload):  # an ATen graph's op: aten.convolution, shapecalc.interpolate
+        namespace, _, op = node.target._schema.name.partition("::")
+        return f"{namespace}.{op}"
     return getattr(node.target, "__name__", str(node.target))

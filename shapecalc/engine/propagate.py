@@ -107,7 +107,16 @@ class _NodeContext:
 
     def record_crop(self, source, result, starts) -> None:
         if any(start != 0 for start in starts.values()) or source.spatial_sizes != result.spatial_sizes:
-            self._interpreter.crops.append(CropRecord(self.node_name, source, result, dict(starts)))
+            crops = self._interpreter.crops
+            producer = self._node.args[0] if self._node.args else None
+            # a crop of a crop that nothing else reads is one crop: ATen slices
+            # one axis per op (FCN-8s's score_pool4[:, :, 5:5+h, 5:5+w] is two slices)
+            if crops and isinstance(producer, torch.fx.Node) and crops[-1].node == producer.name \
+                    and len(producer.users) == 1:
+                previous = crops.pop()
+                starts = {**previous.starts, **{a: s for a, s in starts.items() if s != 0 or a not in previous.starts}}
+                source = previous.source
+            crops.append(CropRecord(self.node_name, source, result, dict(starts)))
 
 
 def _size_form(expr):

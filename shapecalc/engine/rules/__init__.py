@@ -18,11 +18,11 @@ One module per op family; importing this package registers every rule.
 
 from __future__ import annotations
 
-from shapecalc.engine.rules.registry import QualifiedName, RULES, Rule, RuleContext, Sampling, key_name, lookup, node_rule, registered_class, rule
+from shapecalc.engine.rules.registry import AtenOp, QualifiedName, aten, RULES, Rule, RuleContext, Sampling, key_name, lookup, node_rule, registered_class, rule
 from shapecalc.engine.rules.metadata import LINEAR_MODES, bound_arguments
 from shapecalc.engine.rules.pooling import pooled_size
 from shapecalc.engine.rules.merges import exact_in_double
 # every family registers its rules when imported, in this order
-from shapecalc.engine.rules import common, metadata, convolution, pooling, resampling, padding, pointwise, merges, indexing, reshaping, multiple_outputs, copies, comparisons, subpixel, properties, library, matrix, attention, unfolding, windows, fractional_pooling, sampling, einops_patterns  # noqa: F401, E402
+from shapecalc.engine.rules import common, metadata, convolution, pooling, resampling, padding, pointwise, merges, indexing, reshaping, multiple_outputs, copies, comparisons, subpixel, properties, library, matrix, attention, unfolding, windows, fractional_pooling, sampling, einops_patterns, aten_ops  # noqa: F401, E402
 
-__all__ = ['LINEAR_MODES', 'QualifiedName', 'RULES', 'Rule', 'RuleContext', 'Sampling', 'bound_arguments', 'exact_in_double', 'key_name', 'lookup', 'node_rule', 'pooled_size', 'registered_class', 'rule']
+__all__ = ['AtenOp', 'LINEAR_MODES', 'QualifiedName', 'aten', 'RULES', 'Rule', 'RuleContext', 'Sampling', 'bound_arguments', 'exact_in_double', 'key_name', 'lookup', 'node_rule', 'pooled_size', 'registered_class', 'rule']

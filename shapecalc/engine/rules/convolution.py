@@ -91,16 +91,24 @@ def transposed_convolution(ctx, x, output_size=None):
     if output_size is not None:
         raise UnsupportedOpError("ConvTranspose called with output_size= (pass output_padding instead)")
     x = _expect_tensor(x, type(m).__name__)
-    nd = len(m.kernel_size)
-    _spatial_count(x, nd)
     _channels(ctx, x, m.in_channels, type(m).__name__)
+    return _transposed(ctx, x, len(m.kernel_size), m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                       m.output_padding)
+
+
+def _transposed(ctx, x: SymbolicTensor, nd: int, out_channels: int, kernel, stride, padding, dilation, output_padding):
+    """A transposed convolution's sizes and geometry (the module rule and aten.convolution)."""
+    _spatial_count(x, nd)
+    kernel, stride, padding, dilation, output_padding = (
+        _per_axis(v, nd, n) for v, n in ((kernel, "kernel_size"), (stride, "stride"), (padding, "padding"),
+                                         (dilation, "dilation"), (output_padding, "output_padding")))
     _nonempty(ctx, x.spatial_sizes)
     sizes, geometry = [], []
-    for n, g, k, s, p, d, op in zip(x.spatial_sizes, x.geometry, m.kernel_size, m.stride, m.padding, m.dilation, m.output_padding):
+    for n, g, k, s, p, d, op in zip(x.spatial_sizes, x.geometry, kernel, stride, padding, dilation, output_padding):
         size = (n - 1) * s - 2 * p + d * (k - 1) + op + 1
         ctx.require(ge(size, 1), f"output size {format_expr(size)} must be positive")
         sizes.append(size)
         geometry.append(_transposed_axis(g, k, s, p, d))
     shape = list(x.shape)
-    shape[1 if x.ndim == nd + 2 else 0] = sympy.Integer(m.out_channels)
+    shape[1 if x.ndim == nd + 2 else 0] = sympy.Integer(out_channels)
     return SymbolicTensor(tuple(shape), x.spatial, ()).with_spatial(sizes, geometry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
+import torch
 import torch.nn as nn
 
 
@@ -110,6 +111,9 @@ def lookup(kind: str, target) -> Optional[Rule]:
         return None
     if kind == "call_method":
         return RULES.get(str(target))
+    if isinstance(target, torch._ops.OpOverload):
+        return RULES.get(AtenOp(f"{target._schema.name}.{target._overloadname}")) or \
+            RULES.get(AtenOp(target._schema.name))
     try:
         return RULES.get(target) or RULES.get(_qualified(target))
     except TypeError:  # unhashable target
@@ -122,6 +126,21 @@ class QualifiedName:
     (torchvision's ``stochastic_depth``), matched by ``module.qualname``."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class AtenOp:
+    """A key for an op of an ATen graph (the ATen front end): the schema
+    name, ``aten::convolution`` (every overload) or with one overload,
+    ``aten::add.Tensor``.  Rules keyed so need not import the op."""
+
+    name: str
+
+
+def aten(*names: str) -> tuple[AtenOp, ...]:
+    """``aten("convolution", "add.Tensor")``: keys of ``aten::`` ops (a name
+    with ``::`` names another namespace)."""
+    return tuple(AtenOp(n if "::" in n else f"aten::{n}") for n in names)
 
 
 def _qualified(target) -> Optional[QualifiedName]:
@@ -145,7 +164,7 @@ def registered_class(module: nn.Module):
 
 
 def key_name(key) -> str:
-    if isinstance(key, QualifiedName):
+    if isinstance(key, (QualifiedName, AtenOp)):
         return key.name
     if isinstance(key, str):
         return f"Tensor.{key}"

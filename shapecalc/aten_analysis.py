@@ -1,0 +1,227 @@
+"""``analyze(capture="aten")``: the ATen front end's pipeline.
+
+1. capture/regions.py explores the size space: captures at the example size
+   and at sizes outside every region found so far, each region mapped to an
+   ATen graph or to the model's own exception;
+2. each graph is sized by shapecalc's own rules (the size interpreter over
+   ATen ops), with the region's guards as requirements, so its sizes and
+   domain are exact for every size of the region;
+3. torch's own recorded sizes are compared with shapecalc's at sizes inside
+   the region: they must agree, and a disagreement is an error, never a note;
+4. the valid sizes are the union of the running regions' domains.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from functools import reduce
+from typing import Optional
+
+import sympy
+import torch
+import torch.nn as nn
+
+from shapecalc._errors import ShapecalcError, SizeError, TraceError
+from shapecalc.capture import regions
+from shapecalc.capture.aten import AtenCapture
+from shapecalc.capture.specs import InputSpec
+from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
+from shapecalc.engine.propagate import META_KEY, SizeInterpreter
+from shapecalc.engine.symbolic import evaluate, format_expr
+from shapecalc.engine.tensors import SymbolicTensor
+
+
+class DisagreementError(ShapecalcError):
+    """shapecalc's size of an ATen node differs from the size torch recorded:
+    a bug in a rule (or in the capture), reported rather than printed."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One region of the size space and what the model does there."""
+
+    condition: sympy.Basic           # the region, in the input symbols
+    runs: bool
+    example: dict                    # the size it was captured at
+    message: str = ""                # the model's exception, when it raises
+    location: str = ""               # where it raised, or the guards' lines
+    origin: str = ""                 # "model", "assert" or "size" (torch's own size check)
+    guards: tuple = ()               # the Guard objects behind ``condition``
+
+    def describe(self) -> str:
+        where = format_expr(self.condition) if self.condition is not sympy.true else "every size"
+        if self.runs:
+            return f"{where}: runs"
+        return f"{where}: {self.location} raises {self.message!r}"
+
+    def as_data(self) -> dict:
+        return {"condition": format_expr(self.condition), "runs": self.runs,
+                "example": {str(k): int(v) for k, v in self.example.items()},
+                "raises": None if self.runs else {"message": self.message, "location": self.location,
+                                                  "origin": self.origin},
+                "guards": [{"condition": format_expr(g.condition), "origin": g.origin, "location": g.location}
+                           for g in self.guards]}
+
+
+def _first_module_with(model: nn.Module, attribute: str):
+    for module in model.modules():
+        value = getattr(module, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return module, value
+    return None, None
+
+
+def model_channels(model: nn.Module) -> Optional[int]:
+    """The input channels of the first layer that reads channels, in module order."""
+    for module in model.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd,)):
+            return int(module.in_channels)
+        if isinstance(module, nn.Linear):
+            return None
+    return None
+
+
+def model_rank(model: nn.Module) -> Optional[int]:
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return len(module.kernel_size)
+    return None
+
+
+def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], batch: int, name: str,
+                 max_captures: Optional[int] = None, max_seconds: Optional[float] = None, progress=None):
+    from shapecalc.analysis import _assembled, _input_tensor
+
+    dimensions = len(spec.sizes) if len(spec.sizes) > 1 else (model_rank(model) or 2)
+    spec = spec.for_dimensions(dimensions)
+    channel_count = channels or model_channels(model) or 3
+    symbols = spec.symbols
+    exploration = regions.explore(
+        model, symbols, spec.sizes, channels=channel_count, batch=batch,
+        max_captures=max_captures or regions.MAX_CAPTURES, max_seconds=max_seconds or regions.MAX_SECONDS,
+        progress=progress)
+    pieces = tuple(_piece(c) for c in exploration.captures)
+    running = exploration.running
+    if not running:
+        raised = "; ".join(p.describe() for p in pieces)
+        raise SizeError(f"the model ran at none of the {len(pieces)} sizes captured ({raised})")
+    input_tensor = _input_tensor(spec, channel_count, batch)
+    sized = []
+    for captured in running:
+        sized.append(_size(captured, symbols, input_tensor))
+    graph_module, interpreter, result, domain = sized[0]
+    if len(sized) > 1:
+        domain = _combined_domain(sized, running, symbols, domain)
+    notes = list(interpreter.notes) + _notes(exploration, pieces)
+    return _assembled(name, spec, input_tensor, graph_module, interpreter, result, domain, notes, capture="aten",
+                      pieces=pieces, pieces_complete=exploration.complete)
+
+
+def _piece(captured: AtenCapture) -> Piece:
+    raised = captured.raised
+    return Piece(captured.region, raised is None, dict(captured.example),
+                 message="" if raised is None else raised.message, location="" if raised is None else raised.location,
+                 origin="" if raised is None else raised.origin, guards=captured.guards)
+
+
+def _size(captured: AtenCapture, symbols, input_tensor: SymbolicTensor):
+    """Size ``captured``'s graph with shapecalc's rules, inside its region."""
+    graph_module = captured.graph_module
+    domain = Domain(symbols)
+    for guard in captured.guards:
+        domain.add(Requirement(guard.condition, guard.location,
+                               f"the model's code at {guard.location} takes this path only where "
+                               f"{format_expr(guard.condition)}"))
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise TraceError(f"the ATen graph takes {len(placeholders)} inputs; shapecalc sizes models with one input")
+    interpreter = SizeInterpreter(graph_module, domain)
+    result = interpreter.run(input_tensor)
+    _compare_with_torch(graph_module, captured, domain, symbols)
+    return graph_module, interpreter, result, domain
+
+
+def _torch_shape(value, captured: AtenCapture):
+    """A FakeTensor's recorded shape as integers at the capture's example."""
+    from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
+    return tuple(int(guarding_hint_or_throw(size)) for size in value.shape)
+
+
+def _compare_with_torch(graph_module, captured: AtenCapture, domain: Domain, symbols) -> None:
+    """torch's sizes are exact inside the region: at the capture's example
+    every node's shape must be shapecalc's."""
+    example = {s: int(v) for s, v in captured.example.items()}
+    if example and example not in domain:
+        raise DisagreementError(
+            f"torch ran the model at {_sizes_text(example, symbols)}, where shapecalc's rules say it cannot "
+            f"({domain_sentence(domain, symbols)}); this is a bug in shapecalc: please report it")
+    for node in graph_module.graph.nodes:
+        ours, theirs = node.meta.get(META_KEY), node.meta.get("val")
+        pairs = list(zip(ours, theirs)) if isinstance(ours, tuple) and isinstance(theirs, (tuple, list)) \
+            else [(ours, theirs)]
+        for mine, recorded in pairs:
+            if not isinstance(mine, SymbolicTensor) or not isinstance(recorded, torch.Tensor):
+                continue
+            expected = _torch_shape(recorded, captured)
+            got = tuple(int(evaluate(s, example)) for s in mine.shape)
+            if got != expected:
+                raise DisagreementError(
+                    f"at {_sizes_text(example, symbols)} torch records {expected} for node {node.name} "
+                    f"({node.target}), shapecalc computes {got}; this is a bug in shapecalc: please report it")
+
+
+def _sizes_text(example: dict, symbols) -> str:
+    return ", ".join(f"{s}={example[s]}" for s in symbols) or "the given size"
+
+
+def domain_sentence(domain: Domain, symbols) -> str:
+    return "; ".join(domain.sets[s].describe(str(s)) for s in symbols)
+
+
+def _combined_domain(sized, running, symbols, primary: Domain) -> Domain:
+    """The union of the running regions' domains, when it is a product of
+    per-symbol sets (else the first region's, and the pieces say the rest)."""
+    boxes = []
+    for _, _, _, domain in sized:
+        if domain.cells is not None:
+            return primary
+        boxes.append(dict(domain.sets))
+    projections = {s: reduce(PeriodicSet.union, [b[s] for b in boxes], PeriodicSet.at_least(None)) for s in symbols}
+    # the union always lies inside the product of its projections; it is that product when the converse holds
+    if not _box_inside(projections, boxes, symbols):
+        return primary
+    combined = Domain(symbols)
+    combined.requirements.extend(r for _, _, _, d in sized for r in d.requirements)
+    for s in symbols:
+        combined.sets[s] = projections[s]
+    return combined
+
+
+def _box_inside(box: dict, boxes: list, symbols) -> bool:
+    """Whether ``box`` lies in the union of ``boxes``."""
+    atoms = {s: regions._atoms([box[s]] + [b[s] for b in boxes]) for s in symbols}
+    for combination in itertools.product(*(atoms[s] for s in symbols)):
+        if not all(regions._within(p, box[s]) for p, s in zip(combination, symbols)):
+            continue
+        if not any(all(regions._within(p, b[s]) for p, s in zip(combination, symbols)) for b in boxes):
+            return False
+    return True
+
+
+def _notes(exploration: regions.Exploration, pieces) -> list[str]:
+    notes = [f"ATen capture: {len(exploration.captures)} capture{'s' if len(exploration.captures) != 1 else ''} "
+             f"in {exploration.seconds:.1f} s"]
+    if exploration.complete is False or exploration.complete is None:
+        bound = {"captures": "the bound on captures", "time": "the bound on time"}.get(exploration.stopped_by,
+                                                                                      "exploration")
+        notes.append(f"not explored ({bound} stopped it): {exploration.unexplored_text()}; the valid sizes hold "
+                     "only in the regions listed")
+    return notes
+
+
+def copy_error(error: ShapecalcError, reason: str) -> ShapecalcError:
+    copied = copy.copy(error)
+    copied.reason = reason
+    return copied

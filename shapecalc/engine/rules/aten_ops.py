@@ -1,0 +1,416 @@
+"""Rules for the ops of ATen graphs (the ATen front end, capture/aten.py).
+
+Each rule translates an ATen signature to the size arithmetic the fx rules
+already use (``_conv``, ``_pool``, ``_interpolate``, ``elementwise``, ...):
+one formula per op family, whichever front end recorded the call.  The
+parameter names follow the fx rules' so the params column and the
+resampling audit read ATen nodes the same way (``kernel_size``, ``weight``,
+``mode``, ``align_corners``).
+
+The set is closed by what real models produce: tests/test_aten_capture.py
+captures every test model and fails on an op without a rule here.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from shapecalc._errors import UnsupportedOpError
+from shapecalc.engine.rules import indexing, merges, reshaping
+from shapecalc.engine.rules.common import _channels, _expect_tensor, _on_last_axes
+from shapecalc.engine.rules.convolution import _conv, _transposed
+from shapecalc.engine.rules.matrix import _matrix_product
+from shapecalc.engine.rules.metadata import _interpolation_params, _interpolation_sampling, _adaptive_sampling
+from shapecalc.engine.rules.pooling import _adaptive, _average_pool, _pool
+from shapecalc.engine.rules.registry import aten, rule
+from shapecalc.engine.rules.resampling import _interpolate, _on_input_axes
+from shapecalc.engine.symbolic import as_expr, eq, format_expr
+from shapecalc.engine.tensors import SymbolicTensor
+
+
+def _aten_window_params(node, graph_module) -> str:
+    from shapecalc.engine.rules.metadata import _window_params
+    return _window_params(node, graph_module)
+
+
+def _rank_of_weight(node) -> int | None:
+    weight = node.args[1] if len(node.args) > 1 else None
+    value = getattr(weight, "meta", {}).get("val")
+    return None if value is None else value.dim() - 2
+
+
+def _conv_channels(node, graph_module):
+    weight = node.args[1] if len(node.args) > 1 else None
+    value = getattr(weight, "meta", {}).get("val")
+    if value is None or value.dim() < 3:
+        return None
+    groups = node.args[8] if len(node.args) > 8 else 1
+    transposed = node.args[6] if len(node.args) > 6 else False
+    return int(value.shape[0]) if transposed else int(value.shape[1]) * int(groups)
+
+
+# ---------------------------------------------------------------------------
+# windows
+
+@rule(*aten("convolution"), params=_aten_window_params, spatial_rank=_rank_of_weight, channels=_conv_channels)
+def aten_convolution(ctx, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    x, weight = _expect_tensor(x, "convolution"), _expect_tensor(weight, "convolution weight")
+    nd = weight.ndim - 2
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    if transposed:
+        _channels(ctx, x, int(weight.shape[0]), "conv_transpose")
+        return _transposed(ctx, x, nd, int(weight.shape[1]) * int(groups), kernel, stride, padding, dilation,
+                           output_padding)
+    _channels(ctx, x, int(weight.shape[1]) * int(groups), "conv")
+    return _conv(ctx, x, nd, int(weight.shape[0]), kernel, stride, padding, dilation)
+
+
+def _pool_rank(name: str) -> int:
+    return int(name.split("pool")[1][0])
+
+
+def _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode):
+    stride = stride if stride not in (None, [], ()) else kernel_size
+    return _on_last_axes(ctx, x, nd, f"max_pool{nd}d",
+                         lambda t: _pool(ctx, t, nd, kernel_size, stride, padding, dilation, bool(ceil_mode)))
+
+
+def _max_pool_rule(nd):
+    @rule(*aten(f"max_pool{nd}d_with_indices"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    def aten_max_pool_with_indices(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+        values = _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode)
+        return values, SymbolicTensor(values.shape, values.spatial, values.geometry, "integer")
+
+    @rule(*aten(f"max_pool{nd}d"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    def aten_max_pool(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+        return _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @rule(*aten(f"avg_pool{nd}d"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    def aten_average_pool(ctx, x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+                          divisor_override=None):
+        stride = stride if stride not in (None, [], ()) else kernel_size
+        return _on_last_axes(ctx, x, nd, f"avg_pool{nd}d",
+                             lambda t: _average_pool(ctx, t, nd, kernel_size, stride, padding, bool(ceil_mode)))
+
+    @rule(*aten(f"adaptive_avg_pool{nd}d", f"_adaptive_avg_pool{nd}d"), resample=_adaptive_sampling,
+          spatial_rank=nd, keeps_channels=True)
+    def aten_adaptive_average_pool(ctx, x, output_size):
+        return _on_last_axes(ctx, x, nd, f"adaptive_avg_pool{nd}d",
+                             lambda t: _adaptive(ctx, t, nd, output_size, average=True))
+
+    @rule(*aten(f"adaptive_max_pool{nd}d"), resample=_adaptive_sampling, spatial_rank=nd, keeps_channels=True)
+    def aten_adaptive_max_pool(ctx, x, output_size):
+        values = _on_last_axes(ctx, x, nd, f"adaptive_max_pool{nd}d", lambda t: _adaptive(ctx, t, nd, output_size))
+        return values, SymbolicTensor(values.shape, values.spatial, values.geometry, "integer")
+
+
+for _nd in (1, 2, 3):
+    _max_pool_rule(_nd)
+
+
+# ---------------------------------------------------------------------------
+# resampling: F.interpolate recorded whole (capture/aten.py)
+
+@rule(*aten("shapecalc::interpolate"), params=_interpolation_params, resample=_interpolation_sampling,
+      keeps_channels=True)
+def aten_interpolate(ctx, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                     recompute_scale_factor=None, antialias=False):
+    return _on_input_axes(ctx, x, mode, lambda t: _interpolate(ctx, t, size, scale_factor, mode, align_corners,
+                                                               recompute_scale_factor, antialias))
+
+
+# ---------------------------------------------------------------------------
+# shape-preserving ops and normalisations
+
+_UNARY = (
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "gelu_",
+    "silu", "silu_", "mish", "mish_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish", "hardswish_",
+    "hardsigmoid", "hardsigmoid_", "softplus", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max",
+    "clamp_max_", "exp", "abs", "neg", "sqrt", "rsqrt", "reciprocal", "log", "erf", "pow.Tensor_Scalar",
+    "_softmax", "_log_softmax", "softmax.int", "log_softmax.int", "detach", "detach_", "clone", "alias",
+    "lift_fresh_copy", "_to_copy", "contiguous", "dropout", "fill_.Scalar", "zero_",
+    "bernoulli_.float", "div_.Scalar", "mul_.Scalar", "add_.Scalar", "mul.Scalar", "add.Scalar", "sub.Scalar",
+    "div.Scalar", "rsub.Scalar", "prelu", "_prelu_kernel", "glu_jvp", "copy", "copy_", "masked_fill.Scalar",
+    "masked_fill_.Scalar", "_log_softmax_backward_data", "sign", "logical_not", "bitwise_not", "round", "floor",
+    "ceil", "trunc", "sin", "cos", "expm1", "log1p", "hardshrink", "softshrink", "threshold", "celu", "selu",
+    "alpha_dropout", "feature_dropout", "feature_alpha_dropout",
+)
+
+
+@rule(*aten(*_UNARY), keeps_channels=True)
+def aten_shape_preserving(ctx, x, *args, **kwargs):
+    return _expect_tensor(x, "unary op")
+
+
+@rule(*aten("native_dropout"), keeps_channels=True)
+def aten_native_dropout(ctx, x, p, train):
+    x = _expect_tensor(x, "dropout")
+    return x, SymbolicTensor(x.shape, x.spatial, x.geometry, "bool")
+
+
+def _per_channel_stats(x: SymbolicTensor, training: bool):
+    """batch norm's saved mean and inverse std: one per channel when the
+    statistics are computed, empty when the running ones are used."""
+    count = x.shape[1] if training and x.ndim > 1 else sympy.Integer(0)
+    return SymbolicTensor((count,))
+
+
+def _batch_norm_channels(ctx, x, weight, running_mean):
+    for tensor in (weight, running_mean):
+        if isinstance(tensor, SymbolicTensor) and tensor.ndim == 1:
+            _channels(ctx, x, int(tensor.shape[0]), "batch_norm")
+            return
+
+
+@rule(*aten("_native_batch_norm_legit_no_training"), keeps_channels=True)
+def aten_batch_norm_inference(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+    x = _expect_tensor(x, "batch_norm")
+    _batch_norm_channels(ctx, x, weight, running_mean)
+    return x, _per_channel_stats(x, False), _per_channel_stats(x, False)
+
+
+@rule(*aten("_native_batch_norm_legit", "native_batch_norm", "_native_batch_norm_legit_functional"),
+      keeps_channels=True)
+def aten_batch_norm(ctx, x, weight, bias, running_mean, running_var, training=False, momentum=0.1, eps=1e-5):
+    x = _expect_tensor(x, "batch_norm")
+    if isinstance(running_mean, bool):  # _native_batch_norm_legit.no_stats: (x, w, b, training, momentum, eps)
+        running_mean, training = None, running_mean
+    _batch_norm_channels(ctx, x, weight, running_mean)
+    if training:
+        values = sympy.Mul(*(s for i, s in enumerate(x.shape) if i != 1))
+        ctx.require(sympy.Gt(values, 1), f"batch norm in training needs more than one value per channel "
+                                         f"(got {format_expr(values)})")
+    stats = _per_channel_stats(x, bool(training))
+    return x, stats, stats
+
+
+@rule(*aten("native_layer_norm"), keeps_channels=True)
+def aten_layer_norm(ctx, x, normalized_shape, weight, bias, eps):
+    x = _expect_tensor(x, "layer_norm")
+    count = len(normalized_shape)
+    for axis, size in zip(range(x.ndim - count, x.ndim), normalized_shape):
+        ctx.require(eq(x.shape[axis], as_expr(size)), f"layer_norm over {list(normalized_shape)} of a tensor "
+                                                      f"whose axis {axis} has {format_expr(x.shape[axis])}")
+    stats = SymbolicTensor(x.shape[:x.ndim - count] + (sympy.Integer(1),) * count)
+    return x, stats, stats
+
+
+@rule(*aten("native_group_norm"), keeps_channels=True)
+def aten_group_norm(ctx, x, weight, bias, batch, channels, spatial, groups, eps):
+    x = _expect_tensor(x, "group_norm")
+    ctx.require(eq(as_expr(channels) % int(groups), 0), f"group_norm: {channels} channels in {groups} groups")
+    stats = SymbolicTensor((as_expr(batch), sympy.Integer(int(groups))))
+    return x, stats, stats
+
+
+# ---------------------------------------------------------------------------
+# merges
+
+def _tensor_or_number(ctx, a, b, combine):
+    if isinstance(a, SymbolicTensor) and isinstance(b, SymbolicTensor):
+        return merges.elementwise(ctx, a, b)
+    return combine(ctx, a, b)
+
+
+_BROADCAST = ("add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor",
+              "div_.Tensor", "div.Tensor_mode", "maximum", "minimum", "pow.Tensor_Tensor", "where.self", "eq.Tensor",
+              "ne.Tensor", "lt.Tensor", "le.Tensor", "gt.Tensor", "ge.Tensor", "logical_and", "logical_or",
+              "atan2", "fmod.Tensor", "remainder.Tensor", "rsub.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
+              "hardtanh_backward", "threshold_backward", "sigmoid_backward")
+
+
+@rule(*aten(*_BROADCAST), merge="broadcast", keeps_channels=True)
+def aten_elementwise(ctx, a, b, *rest, **kwargs):
+    if isinstance(a, SymbolicTensor) and isinstance(b, SymbolicTensor):
+        out = merges.elementwise(ctx, a, b)
+        for more in rest:  # where(cond, a, b) broadcasts all three
+            if isinstance(more, SymbolicTensor):
+                out = merges.elementwise(ctx, out, more)
+        return out
+    tensor = a if isinstance(a, SymbolicTensor) else b
+    if not isinstance(tensor, SymbolicTensor):
+        raise UnsupportedOpError("an elementwise op without a tensor argument")
+    for more in rest:
+        if isinstance(more, SymbolicTensor):
+            tensor = merges.elementwise(ctx, tensor, more)
+    return tensor
+
+
+@rule(*aten("addcmul", "addcdiv", "lerp.Tensor", "lerp.Scalar"), merge="broadcast", keeps_channels=True)
+def aten_three_way(ctx, a, b, c=None, *args, **kwargs):
+    out = _expect_tensor(a, "addcmul")
+    for other in (b, c):
+        if isinstance(other, SymbolicTensor):
+            out = merges.elementwise(ctx, out, other)
+    return out
+
+
+@rule(*aten("cat"), merge="concat")
+def aten_cat(ctx, tensors, dim=0):
+    # aten.cat skips legacy empty 1-d tensors exactly as torch.cat does: the fx rule's arithmetic
+    return merges.concatenate(ctx, list(tensors), dim)
+
+
+@rule(*aten("stack"), merge="stack")
+def aten_stack(ctx, tensors, dim=0):
+    return merges.stack(ctx, list(tensors), dim)
+
+
+# ---------------------------------------------------------------------------
+# indexing
+
+@rule(*aten("sym_size.int"))
+def aten_size(ctx, x, dim):
+    x = _expect_tensor(x, "size")
+    return x.shape[x.axis(int(dim))]
+
+
+@rule(*aten("sym_numel"))
+def aten_numel(ctx, x):
+    return sympy.Mul(*_expect_tensor(x, "numel").shape)
+
+
+def _slice_params(node, graph_module) -> str:
+    dim, start, end, step = (list(node.args[1:]) + [0, None, None, 1][len(node.args) - 1:])[:4]
+
+    def bound(b):
+        if b is None or (isinstance(b, int) and abs(b) >= 2 ** 62):
+            return ""
+        return getattr(b, "name", str(b))
+    return f"dim {dim} [{bound(start)}:{bound(end)}" + (f":{step}" if step not in (None, 1) else "") + "]"
+
+
+@rule(*aten("slice.Tensor"), params=_slice_params, keeps_channels=lambda node: (node.args[1:2] or [0])[0] != 1)
+def aten_slice(ctx, x, dim=0, start=None, end=None, step=1):
+    x = _expect_tensor(x, "slice")
+    axis = x.axis(int(dim))
+    # aten records an open end as 2**63 - 1; Python's slice clamps it the same way
+    index = tuple([slice(None)] * axis + [slice(start, end, step)])
+    return indexing._index_tensor(ctx, x, index)
+
+
+@rule(*aten("select.int"))
+def aten_select(ctx, x, dim, index):
+    x = _expect_tensor(x, "select")
+    axis = x.axis(int(dim))
+    return indexing._index_tensor(ctx, x, tuple([slice(None)] * axis + [index]))
+
+
+@rule(*aten("split.Tensor", "split_with_sizes", "unbind.int", "chunk"))
+def aten_split(ctx, x, split_size_or_sections=None, dim=0):
+    from shapecalc.engine.rules import multiple_outputs
+    x = _expect_tensor(x, "split")
+    name = ctx.node.target._schema.name
+    if name == "aten::unbind":
+        return multiple_outputs.unbind(ctx, x, split_size_or_sections or 0)
+    if name == "aten::chunk":
+        return multiple_outputs.chunk(ctx, x, split_size_or_sections, dim)
+    return multiple_outputs.split(ctx, x, split_size_or_sections, dim)
+
+
+# ---------------------------------------------------------------------------
+# reshaping
+
+@rule(*aten("view", "_unsafe_view", "reshape", "view_copy"))
+def aten_view(ctx, x, size):
+    return reshaping._reshape(ctx, _expect_tensor(x, "view"), list(size))
+
+
+@rule(*aten("permute", "permute_copy"))
+def aten_permute(ctx, x, dims):
+    return reshaping.permute(ctx, x, list(dims))
+
+
+@rule(*aten("transpose.int", "transpose_"))
+def aten_transpose(ctx, x, dim0, dim1):
+    return reshaping.transpose(ctx, x, dim0, dim1)
+
+
+@rule(*aten("t"))
+def aten_t(ctx, x):
+    x = _expect_tensor(x, "t")
+    return x if x.ndim < 2 else reshaping.transpose(ctx, x, 0, 1)
+
+
+@rule(*aten("unsqueeze", "unsqueeze_"))
+def aten_unsqueeze(ctx, x, dim):
+    return reshaping.unsqueeze(ctx, x, dim)
+
+
+@rule(*aten("squeeze.dim", "squeeze.dims", "squeeze", "squeeze_.dim"))
+def aten_squeeze(ctx, x, dim=None):
+    if isinstance(dim, (list, tuple)):
+        for d in sorted((int(d) % _expect_tensor(x, "squeeze").ndim for d in dim), reverse=True):
+            x = reshaping.squeeze(ctx, x, d)
+        return x
+    return reshaping.squeeze(ctx, x, dim)
+
+
+@rule(*aten("mean.dim", "sum.dim_IntList", "amax", "amin", "mean", "sum", "var.correction", "std.correction",
+            "var_mean.correction"), keeps_channels=True)
+def aten_reduction(ctx, x, dim=None, keepdim=False, *args, **kwargs):
+    name = ctx.node.target._schema.name
+    if name in ("aten::var", "aten::std", "aten::var_mean"):
+        keepdim = kwargs.get("keepdim", False)
+    dim = None if dim in (None, [], ()) else dim
+    result = reshaping._reduce(ctx, x, dim, bool(keepdim), nonempty=name in ("aten::amax", "aten::amin"))
+    return (result, result) if name == "aten::var_mean" else result
+
+
+@rule(*aten("expand"))
+def aten_expand(ctx, x, size, implicit=False):
+    from shapecalc.engine.rules import copies
+    return copies.expand(ctx, x, list(size))
+
+
+@rule(*aten("addmm"))
+def aten_addmm(ctx, bias, a, b, *args, **kwargs):
+    out = _matrix_product(ctx, _expect_tensor(a, "addmm"), _expect_tensor(b, "addmm"), "addmm", broadcast=False)
+    if isinstance(bias, SymbolicTensor):
+        merges.elementwise(ctx, bias, out)
+    return out
+
+
+@rule(*aten("mm", "bmm", "matmul"))
+def aten_matrix_product(ctx, a, b):
+    name = ctx.node.target._schema.name
+    return _matrix_product(ctx, _expect_tensor(a, name), _expect_tensor(b, name), name.removeprefix("aten::"),
+                           broadcast=name == "aten::matmul")
+
+
+@rule(*aten("constant_pad_nd"), params=lambda node, gm: f"pad {list(node.args[1])}")
+def aten_constant_pad(ctx, x, pad, value=0):
+    from shapecalc.engine.rules import padding
+    return padding._pad(ctx, _expect_tensor(x, "pad"), list(pad), "constant")
+
+
+def _pad_mode_rule(mode, names):
+    @rule(*aten(*names), params=lambda node, gm: f"{mode} pad {list(node.args[1])}")
+    def aten_mode_pad(ctx, x, pad):
+        from shapecalc.engine.rules import padding
+        return padding._pad(ctx, _expect_tensor(x, "pad"), list(pad), mode)
+
+
+_pad_mode_rule("reflect", ("reflection_pad1d", "reflection_pad2d", "reflection_pad3d"))
+_pad_mode_rule("replicate", ("replication_pad1d", "replication_pad2d", "replication_pad3d"))
+_pad_mode_rule("circular", ("_pad_circular",))
+
+
+# ---------------------------------------------------------------------------
+# new tensors
+
+@rule(*aten("empty.memory_format", "zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_empty",
+            "new_full", "scalar_tensor", "arange.default", "arange.start", "arange.start_step"))
+def aten_new_tensor(ctx, *args, **kwargs):
+    name = ctx.node.target._schema.name
+    value = ctx.node.meta.get("val")
+    if name == "aten::arange":
+        numbers = [as_expr(a) for a in args if not isinstance(a, SymbolicTensor)]
+        start, end, step = (0, numbers[0], 1) if len(numbers) == 1 else (numbers + [1])[:3]
+        return SymbolicTensor((sympy.ceiling((as_expr(end) - as_expr(start)) / as_expr(step)),))
+    if name == "aten::scalar_tensor":
+        return SymbolicTensor(())
+    size = args[1] if name.startswith("aten::new_") else args[0]
+    kind = None if value is None else ("bool" if str(value.dtype) == "torch.bool" else
+                                       "floating" if value.is_floating_point() else "integer")
+    return SymbolicTensor(tuple(as_expr(s) for s in size), dtype_kind=kind)
