@@ -7,6 +7,7 @@ spec and the node here, so every message a person sees names all three.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -114,10 +115,30 @@ class Analysis:
         joint = self.domain.joint_sentence()
         if joint is not None:
             parts.append(f"jointly: {joint}")
+        parts += self._pieces_sentences()
         if self.domain.undecided:
             parts.append("also needs " + "; ".join(
                 f"{r.reason} (node {r.node})" for r in self.domain.undecided) + " (not decided)")
         return "; ".join(parts)
+
+    def _pieces_sentences(self) -> list[str]:
+        """What the ATen front end found outside the valid sizes: the model's
+        own exceptions (once per line and message), and what is unexplored."""
+        by_location: dict[tuple, list] = {}
+        for piece in self.pieces:
+            if not piece.runs:
+                by_location.setdefault((piece.location, piece.origin), []).append(piece)
+        out = []
+        for (location, origin), raised in by_location.items():
+            message = _common_message([p.message for p in raised])
+            if origin == "size":
+                out.append(f"where {raised[0].region_text()}, torch raises {message!r}")
+            else:
+                out.append(f"otherwise {location} raises {message!r}")
+        if self.pieces and self.pieces_complete is not True:
+            out.append("part of the size space was not explored (see notes): the valid sizes hold in the regions "
+                       "explored")
+        return out
 
     def aligned(self) -> Optional[bool]:
         """Whether every crop, merge and resample is exact for every valid size."""
@@ -142,6 +163,19 @@ class Analysis:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+
+def _common_message(messages: list[str]) -> str:
+    """One message for several (smp's differ only in the padded size it
+    suggests): their common start, cut after a sentence, or the message."""
+    first = messages[0]
+    if all(m == first for m in messages):
+        text = first
+    else:
+        prefix = os.path.commonprefix(messages)
+        cut = prefix.rfind(". ")
+        text = (prefix[:cut + 1] if cut > 0 else prefix.rstrip()) + " ..."
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _params(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from functools import reduce
@@ -49,20 +50,46 @@ class Piece:
     location: str = ""               # where it raised, or the guards' lines
     origin: str = ""                 # "model", "assert" or "size" (torch's own size check)
     guards: tuple = ()               # the Guard objects behind ``condition``
+    #: where it runs: the outputs of its graph (valid inside the region), as Analysis.outputs
+    outputs: Optional[dict] = None
+
+    def region_text(self) -> str:
+        """The region in words: per symbol when its guards are (``H = 32k from 32, W not a multiple of 32``)."""
+        if self.condition is sympy.true:
+            return "every size"
+        symbols = sorted(self.condition.free_symbols, key=str)
+        box = regions._box([g.condition for g in self.guards], symbols)
+        if box is None:
+            return format_expr(self.condition)
+        parts = []
+        for s in symbols:
+            allowed = box[s]
+            excluded = [r for r, c in enumerate(allowed.classes) if not c]
+            if allowed.period > 1 and len(excluded) > allowed.period // 2 and excluded:
+                parts.append(allowed.describe(str(s)))
+            elif allowed.period > 1 and excluded:
+                from shapecalc.engine.domain import _residues_phrase
+                parts.append(_residues_phrase(str(s), allowed.period, [r for r in range(allowed.period)
+                                                                       if r not in excluded]))
+            else:
+                parts.append(allowed.describe(str(s)))
+        return ", ".join(parts)
 
     def describe(self) -> str:
-        where = format_expr(self.condition) if self.condition is not sympy.true else "every size"
+        where = self.region_text()
         if self.runs:
             return f"{where}: runs"
         return f"{where}: {self.location} raises {self.message!r}"
 
     def as_data(self) -> dict:
-        return {"condition": format_expr(self.condition), "runs": self.runs,
+        return {"condition": format_expr(self.condition), "region": self.region_text(), "runs": self.runs,
                 "example": {str(k): int(v) for k, v in self.example.items()},
                 "raises": None if self.runs else {"message": self.message, "location": self.location,
                                                   "origin": self.origin},
                 "guards": [{"condition": format_expr(g.condition), "origin": g.origin, "location": g.location}
-                           for g in self.guards]}
+                           for g in self.guards],
+                "outputs": None if self.outputs is None else {
+                    name: [format_expr(s) for s in t.shape] for name, t in self.outputs.items()}}
 
 
 def _first_module_with(model: nn.Module, attribute: str):
@@ -102,15 +129,14 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
         model, symbols, spec.sizes, channels=channel_count, batch=batch,
         max_captures=max_captures or regions.MAX_CAPTURES, max_seconds=max_seconds or regions.MAX_SECONDS,
         progress=progress)
-    pieces = tuple(_piece(c) for c in exploration.captures)
     running = exploration.running
     if not running:
-        raised = "; ".join(p.describe() for p in pieces)
-        raise SizeError(f"the model ran at none of the {len(pieces)} sizes captured ({raised})")
+        raised = "; ".join(_piece(c).describe() for c in exploration.captures)
+        raise SizeError(f"the model ran at none of the {len(exploration.captures)} sizes captured ({raised})")
     input_tensor = _input_tensor(spec, channel_count, batch)
-    sized = []
-    for captured in running:
-        sized.append(_size(captured, symbols, input_tensor))
+    sized = [_size(captured, symbols, input_tensor) for captured in running]
+    outputs = {id(c): _outputs(result) for c, (_, _, result, _) in zip(running, sized)}
+    pieces = tuple(_piece(c, outputs.get(id(c))) for c in exploration.captures)
     graph_module, interpreter, result, domain = sized[0]
     if len(sized) > 1:
         domain = _combined_domain(sized, running, symbols, domain)
@@ -119,11 +145,16 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
                       pieces=pieces, pieces_complete=exploration.complete)
 
 
-def _piece(captured: AtenCapture) -> Piece:
+def _piece(captured: AtenCapture, outputs=None) -> Piece:
     raised = captured.raised
     return Piece(captured.region, raised is None, dict(captured.example),
                  message="" if raised is None else raised.message, location="" if raised is None else raised.location,
-                 origin="" if raised is None else raised.origin, guards=captured.guards)
+                 origin="" if raised is None else raised.origin, guards=captured.guards, outputs=outputs)
+
+
+def _outputs(result) -> dict:
+    from shapecalc.analysis import _outputs as analysis_outputs
+    return analysis_outputs(result)
 
 
 def _size(captured: AtenCapture, symbols, input_tensor: SymbolicTensor):
@@ -138,9 +169,73 @@ def _size(captured: AtenCapture, symbols, input_tensor: SymbolicTensor):
     if len(placeholders) != 1:
         raise TraceError(f"the ATen graph takes {len(placeholders)} inputs; shapecalc sizes models with one input")
     interpreter = SizeInterpreter(graph_module, domain)
-    result = interpreter.run(input_tensor)
+    interpreter.run(input_tensor)
+    _simplify_on_residues(graph_module, domain, symbols)
     _compare_with_torch(graph_module, captured, domain, symbols)
-    return graph_module, interpreter, result, domain
+    output = next(n for n in graph_module.graph.nodes if n.op == "output")
+    return graph_module, interpreter, _output_value(output.args[0]), domain
+
+
+def _output_value(argument):
+    if isinstance(argument, torch.fx.Node):
+        return argument.meta.get(META_KEY)
+    if isinstance(argument, (tuple, list)):
+        return type(argument)(_output_value(a) for a in argument)
+    if isinstance(argument, dict):
+        return {k: _output_value(v) for k, v in argument.items()}
+    return argument
+
+
+def _simplify_on_residues(graph_module, domain: Domain, symbols) -> None:
+    """Sizes written for the region: where the domain keeps one residue
+    class of a symbol (smp's H = 32k), ``32*ceiling(H/32)`` is ``H``."""
+    classes = {}
+    for s in symbols:
+        reduced = domain.sets[s].reduced()
+        kept = [r for r, c in enumerate(reduced.classes) if c]
+        if reduced.period > 1 and len(kept) == 1:
+            classes[s] = (reduced.period, kept[0])
+    if not classes:
+        return
+    for node in graph_module.graph.nodes:
+        value = node.meta.get(META_KEY)
+        if isinstance(value, SymbolicTensor):
+            node.meta[META_KEY] = _replace_shape(value, classes)
+        elif isinstance(value, tuple) and not hasattr(value, "_fields"):
+            node.meta[META_KEY] = tuple(_replace_shape(v, classes) if isinstance(v, SymbolicTensor) else v
+                                        for v in value)
+
+
+def _replace_shape(value: SymbolicTensor, classes: dict) -> SymbolicTensor:
+    shape = tuple(_on_class(size, classes) for size in value.shape)
+    return dataclasses.replace(value, shape=shape) if shape != value.shape else value
+
+
+def _on_class(size, classes: dict):
+    from shapecalc.engine.symbolic import FloorDiv, floordiv
+    from shapecalc.engine.propagate import _size_form
+    if not isinstance(size, sympy.Basic) or not (size.free_symbols & set(classes)):
+        return size
+    steps = {s: sympy.Symbol(f"_k_{s}", integer=True, nonnegative=True) for s in classes}
+
+    def rebuilt(expr):
+        if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+            return expr
+        args = [rebuilt(a) for a in expr.args]
+        if isinstance(expr, FloorDiv):
+            return floordiv(*args)
+        return expr.func(*args)
+
+    on_class = rebuilt(sympy.expand(size.xreplace({s: p * steps[s] + r for s, (p, r) in classes.items()})))
+    back = _size_form(sympy.expand(on_class.xreplace({steps[s]: (s - r) / p for s, (p, r) in classes.items()})))
+    if sympy.count_ops(back) >= sympy.count_ops(size):
+        return size
+    # the rewrite must agree with the original on the class (checked at a few members)
+    for k in range(1, 4):
+        point = {s: p * k + r for s, (p, r) in classes.items()}
+        if evaluate(back, point) != evaluate(size, point):
+            return size
+    return back
 
 
 def _torch_shape(value, captured: AtenCapture):

@@ -620,7 +620,8 @@ class PeriodicSet:
             text = ", ".join(f"from {lo}" + ("" if hi is None else f" to {hi}") for lo, hi in ranges)
             clauses.append(f"{symbol} = {self.period}k + {r} {text}" if r else f"{symbol} = {self.period}k {text}")
         excluded = [r for r, c in enumerate(self.classes) if not c]
-        tail = f"; never for {_residues_phrase(symbol, self.period, excluded)}" if excluded else ""
+        # with one class kept its clause already says everything else is excluded
+        tail = f"; never for {_residues_phrase(symbol, self.period, excluded)}" if excluded and len(clauses) > 1 else ""
         return "; ".join(clauses) + tail
 
     def as_data(self) -> dict:
@@ -646,6 +647,13 @@ def _residues_phrase(symbol: str, period: int, residues: list[int]) -> str:
             if d == 2:
                 return f"odd {symbol}" if r else f"even {symbol}"
             return f"{symbol} a multiple of {d}" if r == 0 else f"{symbol} = {d}k + {r}"
+    kept = [r for r in range(period) if r not in set(residues)]
+    if len(residues) > period // 2 and kept:
+        # every class but a few: say which are kept ("H not a multiple of 32")
+        kept_phrase = _residues_phrase(symbol, period, kept)
+        if " mod " not in kept_phrase:
+            return "not " + kept_phrase if kept_phrase.startswith(("odd", "even")) else \
+                kept_phrase.replace(" a multiple of", " not a multiple of").replace(" = ", " != ", 1)
     return f"{symbol} mod {period} in {{{', '.join(map(str, residues))}}}"
 
 

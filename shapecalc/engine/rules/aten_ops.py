@@ -166,7 +166,8 @@ def _batch_norm_channels(ctx, x, weight, running_mean):
 def aten_batch_norm_inference(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
     x = _expect_tensor(x, "batch_norm")
     _batch_norm_channels(ctx, x, weight, running_mean)
-    return x, _per_channel_stats(x, False), _per_channel_stats(x, False)
+    # its meta kernel keeps one saved statistic per channel even without computing them
+    return x, _per_channel_stats(x, True), _per_channel_stats(x, True)
 
 
 @rule(*aten("_native_batch_norm_legit", "native_batch_norm", "_native_batch_norm_legit_functional"),
@@ -284,7 +285,9 @@ def _slice_params(node, graph_module) -> str:
 def aten_slice(ctx, x, dim=0, start=None, end=None, step=1):
     x = _expect_tensor(x, "slice")
     axis = x.axis(int(dim))
-    # aten records an open end as 2**63 - 1; Python's slice clamps it the same way
+    # aten records an open end (x[:, :, 1:]) as 2**63 - 1: no tensor is that large, so it is the end
+    if isinstance(end, int) and end >= 2 ** 62:
+        end = None
     index = tuple([slice(None)] * axis + [slice(start, end, step)])
     return indexing._index_tensor(ctx, x, index)
 
