@@ -24,8 +24,7 @@ from typing import Callable, Optional
 import sympy
 
 from shapecalc.capture.aten import AtenCapture, capture
-from shapecalc.engine.domain import PeriodicSet, condition_set
-from shapecalc.engine.symbolic import format_expr
+from shapecalc.engine.domain import Domain, PeriodicSet, Requirement, condition_set
 
 #: default bounds on exploration (``--max-captures``, ``--max-seconds``)
 MAX_CAPTURES = 8
@@ -57,9 +56,14 @@ class Exploration:
             return None
         if not self.captures:
             return "every size"
-        outside = sympy.And(*(sympy.Not(c.region) for c in self.captures))
-        return format_expr(sympy.simplify_logic(outside)) if len(str(outside)) < 400 else \
-            "sizes outside the regions listed"
+        outside = Domain(tuple(self.symbols))
+        for c in self.captures:
+            outside.add(Requirement(sympy.Not(c.region), "exploration", "outside the regions found"))
+        if outside.undecided:
+            return "sizes outside the regions listed (not decided)"
+        text = "; ".join(outside.sets[s].describe(str(s)) for s in self.symbols)
+        joint = outside.joint_sentence()
+        return f"{text}; jointly: {joint}" if joint else text
 
 
 def _box(condition_list, symbols) -> Optional[dict]:
@@ -165,22 +169,35 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
         if not symbols:
             found.complete = True
             break
-        boxes = [_box(c.guards_as_conditions(), symbols) for c in found.captures]
-        if any(b is None for b in boxes):
-            point = _next_by_scanning(found.captures, symbols, example, tried)
-            found.complete = None if point is None else False
-            continue
-        verdict = covers_everything(boxes, symbols)
-        if verdict:
-            found.complete = True
+        verdict, point = _uncovered(found.captures, symbols, example)
+        found.complete = verdict
+        if verdict is True:
             break
-        found.complete = False if verdict is False else None
-        point = uncovered_point(boxes, symbols, example) if verdict is False else \
-            _next_by_scanning(found.captures, symbols, example, tried)
-        if point is not None and point in tried:
+        if point is None or point in tried:
             point = _next_by_scanning(found.captures, symbols, example, tried)
     found.seconds = time.perf_counter() - started
     return found
+
+
+def _uncovered(captures: list[AtenCapture], symbols, near: dict) -> tuple[Optional[bool], Optional[dict]]:
+    """Whether the captures' regions cover every size (decided exactly by the
+    domain machinery, joint guards included), and if not a size outside them
+    near ``near``."""
+    if any(c.region is sympy.true for c in captures):
+        return True, None
+    outside = Domain(tuple(symbols))
+    for c in captures:
+        outside.add(Requirement(sympy.Not(c.region), "exploration", "outside the regions found"))
+    if outside.undecided:
+        return None, None
+    if all(outside.sets[s].is_empty() for s in symbols):
+        return True, None
+    point = {s: _nearest_member(outside.sets[s], near[s]) for s in symbols}
+    if None in point.values() or point not in outside:
+        cells = outside.cells or []
+        point = cells[0].smallest(symbols) if cells else None
+        point = None if point is None else {s: int(point[str(s)]) for s in symbols}
+    return False, point
 
 
 def _next_by_scanning(captures: list[AtenCapture], symbols, example: dict, tried: list[dict]) -> Optional[dict]:

@@ -13,19 +13,26 @@ captures every test model and fails on an op without a rule here.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import sympy
+import torch
+import torch.fx
 
 from shapecalc._errors import UnsupportedOpError
 from shapecalc.engine.rules import indexing, merges, reshaping
 from shapecalc.engine.rules.common import _channels, _expect_tensor, _on_last_axes
 from shapecalc.engine.rules.convolution import _conv, _transposed
 from shapecalc.engine.rules.matrix import _matrix_product
-from shapecalc.engine.rules.metadata import _interpolation_params, _interpolation_sampling, _adaptive_sampling
+from shapecalc.engine.rules.metadata import _adaptive_params, _interpolation_params, _interpolation_sampling
 from shapecalc.engine.rules.pooling import _adaptive, _average_pool, _pool
-from shapecalc.engine.rules.registry import aten, rule
+from shapecalc.engine.rules.registry import Sampling, aten, rule
 from shapecalc.engine.rules.resampling import _interpolate, _on_input_axes
 from shapecalc.engine.symbolic import as_expr, eq, format_expr
 from shapecalc.engine.tensors import SymbolicTensor
+
+#: the node.meta key the size interpreter writes (engine/propagate.py's META_KEY; not imported: propagate imports rules)
+META_KEY = "shapecalc"
 
 
 def _aten_window_params(node, graph_module) -> str:
@@ -65,8 +72,26 @@ def aten_convolution(ctx, x, weight, bias, stride, padding, dilation, transposed
     return _conv(ctx, x, nd, int(weight.shape[0]), kernel, stride, padding, dilation)
 
 
-def _pool_rank(name: str) -> int:
-    return int(name.split("pool")[1][0])
+def _adaptive_average_sampling(node, graph_module, count: int) -> Sampling:
+    return Sampling("adaptive_avg")
+
+
+def _adaptive_max_sampling(node, graph_module, count: int) -> Sampling:
+    return Sampling("adaptive_max")
+
+
+def _global_mean_sampling(node, graph_module, count: int) -> Optional[Sampling]:
+    """``mean(dim=spatial axes, keepdim=True)`` is a global average pool: ATen
+    records nn.AdaptiveAvgPool2d(1) so, and the resampling audit should see
+    it as the fx front end sees the module."""
+    source = node.args[0].meta.get(META_KEY) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    dims = node.args[1] if len(node.args) > 1 else None
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not isinstance(source, SymbolicTensor) or not keepdim or not isinstance(dims, (list, tuple)):
+        return None
+    if not source.spatial or {d % source.ndim for d in dims} != set(source.spatial):
+        return None
+    return Sampling("adaptive_avg")
 
 
 def _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode):
@@ -92,13 +117,15 @@ def _max_pool_rule(nd):
         return _on_last_axes(ctx, x, nd, f"avg_pool{nd}d",
                              lambda t: _average_pool(ctx, t, nd, kernel_size, stride, padding, bool(ceil_mode)))
 
-    @rule(*aten(f"adaptive_avg_pool{nd}d", f"_adaptive_avg_pool{nd}d"), resample=_adaptive_sampling,
-          spatial_rank=nd, keeps_channels=True)
+    # torch has no _adaptive_avg_pool1d: adaptive_avg_pool1d runs the 2-d kernel
+    @rule(*aten(f"adaptive_avg_pool{nd}d", *([f"_adaptive_avg_pool{nd}d"] if nd > 1 else [])),
+          resample=_adaptive_average_sampling, params=_adaptive_params, spatial_rank=nd, keeps_channels=True)
     def aten_adaptive_average_pool(ctx, x, output_size):
         return _on_last_axes(ctx, x, nd, f"adaptive_avg_pool{nd}d",
                              lambda t: _adaptive(ctx, t, nd, output_size, average=True))
 
-    @rule(*aten(f"adaptive_max_pool{nd}d"), resample=_adaptive_sampling, spatial_rank=nd, keeps_channels=True)
+    @rule(*aten(f"adaptive_max_pool{nd}d"), resample=_adaptive_max_sampling, params=_adaptive_params, spatial_rank=nd,
+          keeps_channels=True)
     def aten_adaptive_max_pool(ctx, x, output_size):
         values = _on_last_axes(ctx, x, nd, f"adaptive_max_pool{nd}d", lambda t: _adaptive(ctx, t, nd, output_size))
         return values, SymbolicTensor(values.shape, values.spatial, values.geometry, "integer")
@@ -349,7 +376,12 @@ def aten_squeeze(ctx, x, dim=None):
     return reshaping.squeeze(ctx, x, dim)
 
 
-@rule(*aten("mean.dim", "sum.dim_IntList", "amax", "amin", "mean", "sum", "var.correction", "std.correction",
+@rule(*aten("mean.dim"), resample=_global_mean_sampling, keeps_channels=True)
+def aten_mean(ctx, x, dim=None, keepdim=False, *, dtype=None):
+    return reshaping._reduce(ctx, x, None if dim in (None, [], ()) else dim, bool(keepdim), nonempty=False)
+
+
+@rule(*aten("sum.dim_IntList", "amax", "amin", "mean", "sum", "var.correction", "std.correction",
             "var_mean.correction"), keeps_channels=True)
 def aten_reduction(ctx, x, dim=None, keepdim=False, *args, **kwargs):
     name = ctx.node.target._schema.name
@@ -402,7 +434,7 @@ _pad_mode_rule("circular", ("_pad_circular",))
 # ---------------------------------------------------------------------------
 # new tensors
 
-@rule(*aten("empty.memory_format", "zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_empty",
+@rule(*aten("empty.memory_format", "zeros", "ones", "full", "new_zeros", "new_ones", "new_empty",
             "new_full", "scalar_tensor", "arange.default", "arange.start", "arange.start_step"))
 def aten_new_tensor(ctx, *args, **kwargs):
     name = ctx.node.target._schema.name

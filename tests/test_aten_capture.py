@@ -1,0 +1,236 @@
+"""The ATen front end (``capture="aten"``) against torch.
+
+* FCN-8s and DeepLab-v3 give the same answers through both front ends, and
+  both match meta forward passes;
+* a model whose Python looks at sizes (a raise, a ``torch._assert``, a branch
+  that changes the graph) is mapped piece by piece: at every size of a sweep,
+  whether it runs, its output shape, and the model's own message and line
+  where it raises, all from real CPU forward passes;
+* segmentation_models_pytorch's FPN reads as the divisibility smp enforces;
+* a bound on captures says what is unexplored instead of claiming a map;
+* every ATen op the test models record has a rule.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import traceback
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shapecalc import TraceError, analyze, load_model
+from shapecalc.engine import rules
+from shapecalc.engine.symbolic import evaluate
+
+
+class Branchy(nn.Module):
+    """Python that looks at sizes three ways (lines named in the assertions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h % 8 != 0 or w % 4 != 0:
+            raise RuntimeError(f"Wrong input shape height={h}, width={w}")
+        torch._assert(h >= 16, "too small")
+        y = self.conv(x)
+        if y.shape[2] > 40:  # another graph: one more crop
+            y = y[:, :, 1:]
+        return F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+@lru_cache(maxsize=None)
+def _branchy():
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    return model, analyze(model, "HxW", capture="aten")
+
+
+@lru_cache(maxsize=None)
+def _bundled(name: str, capture: str):
+    model = load_model(name)
+    return model, analyze(model, "H", capture=capture)
+
+
+def _sizes(tensor, env) -> tuple[int, ...]:
+    return tuple(int(evaluate(s, env)) for s in tensor.shape)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "deeplabv3"])
+def test_bundled_models_give_the_same_answers_through_both_front_ends(name):
+    model, fx = _bundled(name, "fx")
+    _, aten = _bundled(name, "aten")
+    assert (fx.capture, aten.capture) == ("fx", "aten")
+    (h,) = fx.symbols
+    assert aten.domain.sets[h] == fx.domain.sets[h]
+    assert aten.aligned_domain[h] == fx.aligned_domain[h]
+    assert sorted(c.offset for c in aten.crops) == sorted(c.offset for c in fx.crops)
+    assert [c.aligned for c in aten.crops] == [c.aligned for c in fx.crops]
+    assert sorted(m.aligned for m in aten.merges) == sorted(m.aligned for m in fx.merges)
+    assert sorted(str(r.aligned) for r in aten.resamples) == sorted(str(r.aligned) for r in fx.resamples)
+    assert aten.pieces_complete is True and len(aten.pieces) == 1 and aten.pieces[0].runs
+    # and both are torch's: the output at sizes of every residue the domain keeps, on meta
+    sizes = [n for n in range(1, 90) if n in fx.domain.sets[h]][::7]
+    assert len(sizes) >= 8
+    for n in sizes:
+        with torch.no_grad():
+            real = tuple(model(torch.empty(1, 3, n, n, device="meta")).shape)
+        assert _sizes(fx.outputs["output"], {h: n}) == real == _sizes(aten.outputs["output"], {h: n})
+    # every layer that a module produced has the same sizes in both, by module path
+    fx_layers = {layer.module: layer for layer in fx.layers if layer.module}
+    compared = 0
+    for layer in aten.layers:
+        twin = fx_layers.get(layer.module)
+        if twin is not None and layer.op == "aten.convolution":
+            assert [evaluate(s, {h: 61}) for s in layer.tensor.shape] == \
+                [evaluate(s, {h: 61}) for s in twin.tensor.shape], layer.module
+            compared += 1
+    assert compared >= 10
+
+
+def test_fcn8s_crops_are_5_9_and_31_through_the_aten_front_end():
+    _, aten = _bundled("fcn8s", "aten")
+    assert sorted(c.offset for c in aten.crops) == [(5, 5), (9, 9), (31, 31)]
+    assert all(c.aligned for c in aten.crops)
+
+
+def _real(model, h, w):
+    """Whether the model runs at h x w on CPU, its output shape, or its exception and line."""
+    try:
+        with torch.no_grad():
+            return True, tuple(model(torch.zeros(1, 3, h, w)).shape), None, None
+    except (RuntimeError, AssertionError) as error:
+        frame = traceback.extract_tb(error.__traceback__)
+        model_frames = [f for f in frame if f.filename == __file__]
+        return False, None, str(error), model_frames[-1].lineno
+
+
+def _piece_at(analysis, env):
+    found = [p for p in analysis.pieces if bool(p.condition.subs(env))]
+    assert len(found) == 1, (env, [p.describe() for p in found])
+    return found[0]
+
+
+def test_pieces_of_shape_dependent_python_match_cpu_forward_passes():
+    model, analysis = _branchy()
+    h, w = analysis.symbols
+    assert analysis.pieces_complete is True
+    mismatches, checked = [], 0
+    for height in range(1, 70):
+        for width in (4, 6, 12, 30):
+            runs, shape, message, line = _real(model, height, width)
+            env = {h: height, w: width}
+            said = env in analysis.domain
+            piece = _piece_at(analysis, env)
+            checked += 1
+            if said != runs or piece.runs != runs:
+                mismatches.append(f"{height}x{width}: torch {'runs' if runs else 'raises'}, shapecalc {said}")
+            elif runs:
+                predicted = _sizes(piece.outputs["output"], env)
+                if predicted != shape:
+                    mismatches.append(f"{height}x{width}: torch {shape}, shapecalc {predicted}")
+            else:
+                # the piece's message with the sizes put back is the model's own; its line is the raise
+                text = re.sub(r"\bW\b", str(width), re.sub(r"\bH\b", str(height), piece.message))
+                if text != message or not piece.location.endswith(f"test_aten_capture.py:{line}"):
+                    mismatches.append(f"{height}x{width}: {message!r} at {line}, shapecalc {text!r} at "
+                                      f"{piece.location}")
+    assert checked == 276 and not mismatches, mismatches[:5]
+    # two graphs run (with and without the crop): the valid sizes are their union, per symbol
+    assert sum(p.runs for p in analysis.pieces) == 2
+    assert analysis.valid_sizes("H").describe("H") == "H = 8k from 16"
+    assert "raises 'too small'" in analysis.validity_sentence()
+
+
+def test_auto_falls_back_to_aten_where_fx_cannot_trace():
+    model, aten = _branchy()
+    with pytest.raises(TraceError):
+        analyze(model, "HxW", capture="fx")
+    auto = analyze(model, "HxW", capture="auto", max_captures=2)
+    assert auto.capture == "aten" and "torch.fx could not be used" in auto.notes[0]
+    assert analyze(load_model("fcn8s"), "H", capture="auto").capture == "fx"
+
+
+def test_a_bound_on_captures_says_what_is_unexplored():
+    model, _ = _branchy()
+    bounded = analyze(model, "HxW", capture="aten", max_captures=2)
+    assert bounded.pieces_complete is False and len(bounded.pieces) == 2
+    assert "not explored" in bounded.validity_sentence()
+    assert any("not explored (the bound on captures stopped it)" in n for n in bounded.notes)
+    # what it does claim is still true: every size it calls valid runs on CPU
+    h, w = bounded.symbols
+    for height in range(8, 120, 8):
+        for width in (4, 8, 12):
+            if {h: height, w: width} in bounded.domain:
+                assert _real(model, height, width)[0], (height, width)
+
+
+@lru_cache(maxsize=None)
+def _fpn():
+    zoo_setup = pytest.importorskip("zoo_setup")
+    try:
+        zoo_setup.import_zoo()
+    except ImportError as error:
+        pytest.skip(f"zoo extra not installed ({error})")
+    model = load_model("segmentation_models_pytorch:FPN", {"encoder_name": "resnet18", "encoder_weights": None,
+                                                            "encoder_depth": 5, "decoder_segmentation_channels": 32,
+                                                            "decoder_pyramid_channels": 32})
+    return model, analyze(model, "HxW", capture="aten")
+
+
+def test_smp_fpn_reads_as_the_divisibility_smp_enforces():
+    model, analysis = _fpn()
+    h, w = analysis.symbols
+    assert analysis.pieces_complete is True
+    assert analysis.valid_sizes("H").describe("H") == "H = 32k from 32"
+    assert analysis.valid_sizes("W").describe("W") == "W = 32k from 32"
+    assert {h: 32, w: 32} not in analysis.domain and {h: 32, w: 64} in analysis.domain
+    sentence = analysis.validity_sentence()
+    assert "segmentation_models_pytorch/base/model.py:" in sentence and "divisible by 32" in sentence
+    mismatches = []
+    for height, width in [(224, 224), (224, 223), (223, 224), (96, 160), (100, 128), (64, 96), (32, 32),
+                          (160, 33), (31, 64), (288, 64)]:
+        try:
+            with torch.no_grad():
+                real = tuple(model(torch.empty(1, 3, height, width, device="meta")).shape)
+        except (RuntimeError, ValueError) as error:
+            # smp's own check, or (32x32: a 1x1 map) torch's batch-norm check in the decoder
+            assert "Wrong input shape" in str(error) or (height, width) == (32, 32), error
+            real = None
+        env = {h: height, w: width}
+        said = env in analysis.domain
+        if said != (real is not None):
+            mismatches.append(f"{height}x{width}: torch {real}, shapecalc valid={said}")
+        elif real is not None and _sizes(analysis.outputs["output"], env) != real:
+            mismatches.append(f"{height}x{width}: torch {real}, shapecalc {_sizes(analysis.outputs['output'], env)}")
+    assert not mismatches, mismatches
+
+
+def test_every_aten_op_the_test_models_record_has_a_rule():
+    analyses = [_bundled("fcn8s", "aten")[1], _bundled("deeplabv3", "aten")[1], _branchy()[1]]
+    missing = set()
+    for analysis in analyses:
+        for node in analysis.graph_module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if isinstance(node.target, torch._ops.OpOverload) or node.target in (operator.getitem, operator.mul,
+                                                                                   operator.add):
+                if rules.lookup("call_function", node.target) is None:
+                    missing.add(str(node.target))
+            else:
+                missing.add(f"unexpected target {node.target}")
+    assert not missing, sorted(missing)
+
+
+def test_a_symbol_in_a_message_is_shapecalcs_not_torchs():
+    _, analysis = _branchy()
+    raised = [p for p in analysis.pieces if not p.runs]
+    assert raised and all(not re.search(r"\bs\d+\b", p.message) for p in raised)
+    assert "H" in {str(s) for p in raised for s in p.condition.free_symbols}
