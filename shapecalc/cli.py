@@ -65,7 +65,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     _add_tracing_arguments(parser)
 
 
+#: the front ends --capture takes (shapecalc.analysis.CAPTURES, spelled out so that parsing does not import torch)
+CAPTURES = ("fx", "aten", "auto")
+
+
 def _add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--capture", choices=CAPTURES, default="fx",
+                        help="front end: fx (torch.fx, fast; the default), aten (PyTorch's symbolic tracing, for "
+                             "models whose Python looks at sizes: the valid sizes become pieces, each region of "
+                             "the size space mapped to a graph or to the model's own error) or auto (fx, and aten "
+                             "where fx cannot trace the model)")
+    parser.add_argument("--max-captures", type=_positive_int, default=None, metavar="N",
+                        help="with aten/auto: at most N captures while exploring regions (default: 8)")
+    parser.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
+                        help="with aten/auto: stop exploring regions after S seconds (default: 120)")
     parser.add_argument("--leaf", action="append", default=[], metavar="package.module:Name",
                         help="a module class or function (or path/to/file.py:Name) traced as one node, whose size "
                              "rule comes from shapecalc.rule (repeatable)")
@@ -74,10 +87,22 @@ def _add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
                              "or a string; repeatable), as torch.fx concrete_args")
 
 
+def _capture(args) -> dict:
+    """The --capture, --max-captures and --max-seconds options as analyze()'s keywords."""
+    return {"capture": getattr(args, "capture", "fx") or "fx", "max_captures": getattr(args, "max_captures", None),
+            "max_seconds": getattr(args, "max_seconds", None)}
+
+
 def _tracing(args):
     """The --leaf and --concrete options in force while a command runs
     (checked before torch loads; the named leaves are imported when a trace
     needs them, after the model's own file)."""
+    if getattr(args, "capture", "fx") == "fx":
+        for flag in ("max_captures", "max_seconds"):
+            if getattr(args, flag, None) is not None:
+                # a bound on nothing: say so rather than let it look in force
+                raise_usage(f"{_flag(None, flag)} bounds the ATen front end's exploration; give --capture aten "
+                            "or --capture auto with it")
     leaves, pairs = getattr(args, "leaf", None) or [], getattr(args, "concrete", None) or []
     if not leaves and not pairs:
         return contextlib.nullcontext()
@@ -127,7 +152,7 @@ def _analysis(args):
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
-        return analyze(model, spec, channels=args.channels, name=args.model)
+        return analyze(model, spec, channels=args.channels, name=args.model, **_capture(args))
 
 
 def _freeze_loaded_objects(args) -> None:
@@ -227,7 +252,8 @@ def _cost(args) -> int:
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
-        result = cost(analyze(model, spec, channels=args.channels, name=args.model), model, dtype=args.dtype)
+        result = cost(analyze(model, spec, channels=args.channels, name=args.model, **_capture(args)), model,
+                      dtype=args.dtype)
     if args.format == "json":
         print(json.dumps(cost_to_json(result), indent=2))
     elif args.format == "markdown":
@@ -247,7 +273,8 @@ def _explained_size_error(args, error) -> int:
 
     with _user_output_to_stderr():
         model = load_model(args.model, parse_model_args(args.arg))
-        failure = explain_failure(model, parse_input_spec(args.input), error, channels=args.channels, name=args.model)
+        failure = explain_failure(model, parse_input_spec(args.input), error, channels=args.channels, name=args.model,
+                                  **_capture(args))
     if failure is None:
         raise error
     print(json.dumps(failure.to_json(), indent=2) if args.format == "json" else failure.to_text(), end=""
@@ -350,7 +377,7 @@ def _verify(args) -> int:
     with _progress_bar("verifying") as progress, _user_output_to_stderr():
         report = verify(args.model, args.input, device=args.device, examples=args.examples, max_size=args.max_size,
                         kwargs=model_args, width=args.width, channels=args.channels,
-                        seed=args.seed, progress=progress)
+                        seed=args.seed, progress=progress, **_capture(args))
     print(json.dumps(report.as_data(), indent=2) if args.format == "json" else report.summary())
     return report.exit_code
 
@@ -419,7 +446,7 @@ def _check(args) -> int:
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
         report = check_model(model, spec, expect_output=args.expect_output, max_shift=args.max_shift,
-                             channels=args.channels, name=args.model)
+                             channels=args.channels, name=args.model, **_capture(args))
     print(json.dumps(report.to_json(), indent=2) if args.format == "json" else report.to_text(), end="\n" if args.format == "json" else "")
     return 0 if report.ok else 1
 
@@ -456,7 +483,7 @@ def _docs(args) -> int:
     from shapecalc.output.docsgen import generate, regenerate_command, stale_pages, write_pages
 
     with _user_output_to_stderr():
-        pages = generate(args.models, args.input, sizes=sizes)
+        pages = generate(args.models, args.input, sizes=sizes, **_capture(args))
     if not args.check:
         for path in write_pages(pages, args.out, force=args.force):
             print(f"wrote {path}")
@@ -465,7 +492,7 @@ def _docs(args) -> int:
     for problem in problems:
         print(problem)
     if problems:
-        print(f"regenerate with: {regenerate_command(args.models, args.out, args.input, args.sizes)}")
+        print(f"regenerate with: {regenerate_command(args.models, args.out, args.input, args.sizes, **_capture(args))}")
         return 1
     count = sum(p.filename.endswith(".md") for p in pages)
     pictures = len(pages) - count
@@ -511,7 +538,8 @@ def _export_spec(args) -> int:
 
     with _user_output_to_stderr():
         model = load_model(args.model, model_args)
-        result = export_spec(model, spec.text, max_size=max_size, channels=args.channels, name=args.model)
+        result = export_spec(model, spec.text, max_size=max_size, channels=args.channels, name=args.model,
+                             **_capture(args))
     if args.format == "json":
         print(json.dumps(result.as_data(), indent=2))
     else:
@@ -536,6 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _capture_hint(args, error: ShapecalcError) -> str:
+    """Where torch.fx could not trace the model, the front end that may."""
+    from shapecalc._errors import TraceError
+
+    if getattr(args, "capture", None) != "fx" or not isinstance(error, TraceError) or "control flow" not in str(error):
+        return ""
+    return "; --capture auto (or aten) traces Python that looks at sizes with PyTorch's symbolic tracing"
+
+
 def _one_line(error: BaseException) -> str:
     # A factory's or torch's own message may span lines; stderr gets one.
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
@@ -552,7 +589,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _tracing(args):
             return args.handler(args)
     except ShapecalcError as error:
-        print(f"shapecalc {args.command}: error: {_error_line(error, args.command)}", file=sys.stderr)
+        print(f"shapecalc {args.command}: error: {_error_line(error, args.command)}{_capture_hint(args, error)}",
+              file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("shapecalc: interrupted", file=sys.stderr)

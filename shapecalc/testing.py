@@ -56,15 +56,17 @@ def _fail(headline: str, report: CheckReport, kinds: Optional[set] = None) -> No
 
 
 def assert_aligned(model: ModelLike, input: str = "H", *, max_shift: Optional[float] = None,
-                   channels: Optional[int] = None, name: Optional[str] = None) -> CheckReport:
+                   channels: Optional[int] = None, name: Optional[str] = None, capture: str = "fx") -> CheckReport:
     """Every crop and merge of ``model`` is exactly aligned for every valid
     input size (or the concrete ``input``), and the network runs for some
     size.  With ``max_shift``, no resample may shift pixels by more than that
     many input pixels.  A model with no crop, merge or resample fails: there
-    was nothing to align.  Returns the report (warnings included)."""
+    was nothing to align.  ``capture`` picks the front end (``"fx"``,
+    ``"aten"`` or ``"auto"``, as :func:`shapecalc.analyze`).  Returns the
+    report (warnings included)."""
     __tracebackhide__ = True
     module, label = _model(model, name)
-    report = check_model(module, input, max_shift=max_shift, channels=channels, name=label)
+    report = check_model(module, input, max_shift=max_shift, channels=channels, name=label, capture=capture)
     if report.errors and all(f.kind == "nothing" for f in report.errors):
         # an alignment assertion on a net without crops, merges or resamples proves nothing
         _fail(f"{label} has nothing to align for input {report.input} (assert_output_size or "
@@ -74,13 +76,13 @@ def assert_aligned(model: ModelLike, input: str = "H", *, max_shift: Optional[fl
 
 
 def assert_output_size(model: ModelLike, input: str = "H", expected: str = "H", *,
-                       channels: Optional[int] = None, name: Optional[str] = None) -> CheckReport:
+                       channels: Optional[int] = None, name: Optional[str] = None, capture: str = "fx") -> CheckReport:
     """The output of ``model`` has spatial size ``expected`` (a spec in the
     symbols of ``input``: ``"H"``, ``"HxW"``, ``"512"``) for every valid
-    input size."""
+    input size, as the front end ``capture`` sees the model."""
     __tracebackhide__ = True
     module, label = _model(model, name)
-    report = check_model(module, input, expect_output=expected, channels=channels, name=label)
+    report = check_model(module, input, expect_output=expected, channels=channels, name=label, capture=capture)
     _fail(f"{label} does not give output {expected} for input {report.input}:", report, {"output", "size", "domain"})
     return report
 
@@ -93,10 +95,11 @@ def _size_tuple(size, position: int) -> tuple[int, ...]:
 
 
 def assert_valid_for(model: ModelLike, sizes: Iterable[Union[int, Sequence[int]]], *,
-                     channels: Optional[int] = None, name: Optional[str] = None) -> None:
+                     channels: Optional[int] = None, name: Optional[str] = None, capture: str = "fx") -> None:
     """The forward pass of ``model`` runs at every size in ``sizes``: an int
     is a square (cubic) input, a tuple gives one size per spatial axis.  The
-    message names, for each size that fails, the node and what it needs."""
+    message names, for each size that fails, the node and what it needs.
+    ``capture`` picks the front end (see :func:`shapecalc.analyze`)."""
     __tracebackhide__ = True
     module, label = _model(model, name)
     wanted = [_size_tuple(s, i) for i, s in enumerate(sizes)]
@@ -111,7 +114,7 @@ def assert_valid_for(model: ModelLike, sizes: Iterable[Union[int, Sequence[int]]
         raise TypeError(f"sizes have {count} axes; shapecalc handles 1 to 3 spatial axes")
     try:
         analysis = analyze(module, parse_input_spec("x".join(symbols)) if count > 1 else "H",
-                           channels=channels, name=label)
+                           channels=channels, name=label, capture=capture)
     except SizeError as error:
         raise AssertionError(f"{label} runs at no input size: {error}") from None
     names = [str(s) for s in analysis.symbols]
@@ -146,7 +149,9 @@ def _first_unmet(analysis, module: nn.Module, env) -> Optional[str]:
 def _concrete_failure(analysis, module: nn.Module, env) -> Optional[str]:
     spec = parse_input_spec("x".join(str(env[s]) for s in analysis.symbols))
     try:
-        analyze(module, spec, name=analysis.model, channels=int(analysis.input_tensor.shape[1]))
+        # the front end that gave the analysis (auto may have fallen back to aten)
+        analyze(module, spec, name=analysis.model, channels=int(analysis.input_tensor.shape[1]),
+                capture=analysis.capture)
     except SizeError as error:
         reason = error.reason
         return f"{getattr(error, 'node', None) or 'input'}: {reason}"

@@ -308,7 +308,7 @@ class ForwardChecker:
         env = {symbol: sizes[name] for name, symbol in self._symbols.items()}
         claimed = self.claimed_valid(env)
         shape = tuple(int(evaluate(s, env)) for s in self.analysis.input_tensor.shape)
-        recorder = _ShapeRecorder(self.graph_module, self.real_module)
+        recorder = self._recorder()
         try:
             with torch.inference_mode():
                 x = torch.randn(shape, device=self.device) if self.device != "meta" else torch.empty(shape, device="meta")
@@ -345,9 +345,8 @@ class ForwardChecker:
                 f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"),
                 peak_elements=peak, shapes=recorder.shapes)
         compared = 0
-        for node in self._nodes:
-            actual = recorder.shapes.get(node.name)
-            predicted = node.meta[META_KEY]
+        for name, op, predicted in self._predictions():
+            actual = recorder.shapes.get(name)
             if actual is None:
                 continue
             found = _compare(predicted, actual, env)
@@ -355,9 +354,56 @@ class ForwardChecker:
             if found is not None:
                 expected, actual_value, text = found
                 return Outcome(sizes, claimed, True, compared, Mismatch(
-                    sizes, "size", node.name, _op_of(node, self.graph_module), _predicted_text(predicted),
+                    sizes, "size", name, op, _predicted_text(predicted),
                     expected, actual_value, text), peak_elements=peak)
         return Outcome(sizes, claimed, True, compared, peak_elements=peak)
+
+    #: what a comparison is made at: "node" (every node of the analysed graph) or "output"
+    unit = "node"
+
+    def _recorder(self):
+        return _ShapeRecorder(self.graph_module, self.real_module)
+
+    def _predictions(self):
+        """(name, op, predicted value) of everything compared with torch."""
+        return ((n.name, _op_of(n, self.graph_module), n.meta[META_KEY]) for n in self._nodes)
+
+
+class _OutputRecorder:
+    """Runs the real model's own forward() and keeps its outputs' shapes."""
+
+    def __init__(self, real_module: nn.Module):
+        self.real, self.shapes, self.failed_node = real_module, {}, None
+
+    def run(self, x):
+        value = self.real(x)
+        if isinstance(value, dict):
+            named = {str(k): v for k, v in value.items()}
+        elif isinstance(value, (tuple, list)):
+            named = {str(i): v for i, v in enumerate(value)}
+        else:
+            named = {"output": value}
+        self.shapes = {k: _observed(v) for k, v in named.items()}
+        return value
+
+
+class OutputChecker(ForwardChecker):
+    """The ATen front end's analysis against real forward passes: its graph
+    is one region's (the model's Python chose its branches at one size), so
+    the model itself runs, and what is compared is every output's shape and
+    whether torch runs where the pieces say it does."""
+
+    unit = "output"
+
+    def __init__(self, analysis: Analysis, real_module: nn.Module, device: str):
+        super().__init__(analysis, real_module, device)
+        self._nodes = list(analysis.outputs)
+
+    def _recorder(self):
+        return _OutputRecorder(self.real_module)
+
+    def _predictions(self):
+        return ((name, "output", tensor) for name, tensor in self.analysis.outputs.items())
 
 
 # ---------------------------------------------------------------------------
@@ -379,6 +425,9 @@ class VerifyReport:
     skipped: int = 0               # no verdict (out of memory)
     analysis_seconds: float = 0.0
     seconds: float = 0.0
+    #: the front end of the analysis ("fx" or "aten") and what was compared ("node" or "output")
+    capture: str = "fx"
+    unit: str = "node"
     size_range: dict[str, tuple[int, int]] = field(default_factory=dict)
     mismatch: Optional[Mismatch] = None
     #: why no valid size was compared (None when some were, or after a mismatch)
@@ -410,7 +459,9 @@ class VerifyReport:
             f"{verdict}: {self.model} with input {self.input!r} on {self.device}",
             f"  examples: {_count(self.examples, 'valid size')}{ranges}, {_count(self.invalid_checked, 'invalid size')}"
             + (f", {self.skipped} skipped (out of memory)" if self.skipped else ""),
-            f"  nodes compared: {self.nodes_compared} ({self.graph_nodes} {'node' if self.graph_nodes == 1 else 'nodes'} per forward pass)",
+            f"  {self.unit}s compared: {self.nodes_compared} ({_count(self.graph_nodes, self.unit)} per forward pass)",
+            *([f"  capture: {self.capture} (the model's own forward passes; outputs compared)"]
+              if self.unit == "output" else [f"  capture: {self.capture}"] if self.capture != "fx" else []),
             f"  valid input: {self.domain}",
             f"  time: {self.seconds:.1f} s ({self.analysis_seconds:.1f} s analysis)",
         ]
@@ -419,7 +470,8 @@ class VerifyReport:
     def as_data(self) -> dict:
         m = self.mismatch
         return {
-            "model": self.model, "input": self.input, "device": self.device, "passed": self.passed,
+            "model": self.model, "input": self.input, "capture": self.capture, "compared": self.unit,
+            "device": self.device, "passed": self.passed,
             "examples": self.examples, "invalid_checked": self.invalid_checked,
             "nodes_compared": self.nodes_compared, "skipped": self.skipped, "seconds": round(self.seconds, 3),
             "problem": self.problem,
@@ -594,10 +646,43 @@ def _load(model, kwargs, width, device):
 
 def prepare(model: Union[str, nn.Module], input: Optional[str] = None, *, device: str = "auto",
             kwargs: Optional[Mapping[str, Any]] = None, width: Optional[float] = None,
-            channels: Optional[int] = None) -> ForwardChecker:
+            channels: Optional[int] = None, capture: str = "fx", max_captures: Optional[int] = None,
+            max_seconds: Optional[float] = None) -> ForwardChecker:
     """Analyse ``model`` and set up forward passes on ``device``.  ``input``
-    defaults to one symbol per spatial axis (``H``, ``HxW``, ``D,H,W``)."""
+    defaults to one symbol per spatial axis (``H``, ``HxW``, ``D,H,W``).
+    ``capture`` picks the front end (see :func:`shapecalc.analyze`): with
+    the ATen front end the model's own forward() runs and its outputs are
+    compared (an :class:`OutputChecker`)."""
+    from shapecalc.analysis import CAPTURES
+
+    if capture not in CAPTURES:
+        raise InputSpecError(f"use one of {', '.join(CAPTURES)}", argument="capture", value=shorten(repr(capture)))
     name, analysed, real, device = _load(model, kwargs, width, device)
+    if capture != "fx":
+        from shapecalc._errors import TraceError, UnsupportedOpError
+        try:
+            if capture == "auto":
+                return _prepared_fx(name, analysed, real, device, input, channels)
+        except (TraceError, UnsupportedOpError):
+            pass  # as analyze(capture="auto"): the ATen front end where fx cannot trace the model
+        return _prepared_aten(name, analysed, real, device, input, channels, max_captures, max_seconds,
+                              auto=capture == "auto")
+    return _prepared_fx(name, analysed, real, device, input, channels)
+
+
+def _prepared_aten(name, analysed, real, device, input, channels, max_captures, max_seconds, *, auto: bool):
+    from shapecalc.analysis import analyze
+    from shapecalc.aten_analysis import model_rank
+
+    if input is None:
+        input = DEFAULT_INPUTS.get(model_rank(analysed) or 2, "HxW")
+    spec = parse_input_spec(input) if isinstance(input, str) else input
+    analysis = analyze(analysed, spec, channels=channels, name=name, capture="aten",
+                       max_captures=max_captures, max_seconds=max_seconds)
+    return OutputChecker(analysis, real, device)
+
+
+def _prepared_fx(name, analysed, real, device, input, channels) -> ForwardChecker:
     graph_module = trace_module(analysed)
     if input is None:
         dimensions, _ = spatial_dimensions_and_channels(graph_module)
@@ -619,7 +704,8 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
            examples: Optional[int] = None, max_size: Optional[int] = None,
            kwargs: Optional[Mapping[str, Any]] = None, width: Optional[float] = None,
            channels: Optional[int] = None, seed: int = 0,
-           progress: Optional[ProgressCallback] = None) -> VerifyReport:
+           progress: Optional[ProgressCallback] = None, capture: str = "fx", max_captures: Optional[int] = None,
+           max_seconds: Optional[float] = None) -> VerifyReport:
     """Check the engine's sizes and domain for ``model`` against real forward
     passes on ``device`` (``auto``, ``cpu``, ``cuda`` or ``meta``).
 
@@ -630,7 +716,11 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
     first disagreement is shrunk to the smallest failing input.  A run that
     compares no valid size does not pass: ``report.problem`` says why (and
     ``report.exit_code`` is 2 when ``max_size`` excludes every valid size).
-    ``progress(done, total)`` is called after every forward pass.  Returns a
+    ``progress(done, total)`` is called after every forward pass.
+    ``capture`` picks the front end (``"fx"``, ``"aten"``, ``"auto"``, with
+    ``max_captures``/``max_seconds`` bounding the ATen exploration): the
+    ATen front end's graph belongs to one region of the sizes, so there the
+    model's own forward() runs and its outputs are compared.  Returns a
     :class:`VerifyReport`; prints nothing."""
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise InputSpecError("give a positive integer", argument="examples", value=shorten(repr(examples)))
@@ -639,13 +729,15 @@ def verify(model: Union[str, nn.Module], input: Optional[str] = None, *, device:
     if width is not None and not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
         raise InputSpecError("give a positive number", argument="width", value=shorten(repr(width)))
     started = time.perf_counter()
-    checker = prepare(model, input, device=device, kwargs=kwargs, width=width, channels=channels)
+    checker = prepare(model, input, device=device, kwargs=kwargs, width=width, channels=channels, capture=capture,
+                      max_captures=max_captures, max_seconds=max_seconds)
     analysis = checker.analysis
     default_examples, default_max = DEFAULT_BUDGET[checker.device]
     examples = examples or default_examples
     max_size = max_size or default_max
     report = VerifyReport(analysis.model, analysis.input.text, _device_label(checker.device),
-                          analysis.validity_sentence(), graph_nodes=len(checker._nodes))
+                          analysis.validity_sentence(), graph_nodes=len(checker._nodes), capture=analysis.capture,
+                          unit=checker.unit)
     report.analysis_seconds = time.perf_counter() - started
     names = [str(s) for s in analysis.symbols]
     values = {str(s): SizeIndex(analysis.domain.sets[s], max_size) for s in analysis.symbols}

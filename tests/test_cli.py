@@ -16,6 +16,7 @@ import textwrap
 import uuid
 
 import pytest
+import sympy
 import torch
 import torch.fx
 
@@ -715,3 +716,191 @@ def test_an_output_without_spatial_axes_is_named_with_its_shape(tmp_path, capsys
     code, out, _ = run(["trace", f"{path}:lenet", "--input", "H"], capsys)
     assert code == 0
     assert f"output: ({', '.join(map(str, shape))}), no spatial axes" in out
+
+
+# ---------------------------------------------------------------------------
+# --capture: the front end (fx, aten, auto) and the bounds on the ATen exploration
+
+#: the cheapest argv of every command that analyses a model, before any --capture flag
+CAPTURE_COMMANDS = {
+    "trace": ["trace", "fcn8s", "--input", "H"],
+    "cost": ["cost", "fcn8s", "--input", "H"],
+    "verify": ["verify", "fcn8s", "--device", "meta", "--examples", "2"],
+    "check": ["check", "fcn8s", "--input", "H"],
+    "sizes": ["sizes", "fcn8s"],
+    "docs": ["docs", "fcn8s", "--out", "pages"],
+    "export-spec": ["export-spec", "fcn8s", "--input", "H"],
+}
+BAD_CAPTURE = [
+    # (flags, words the one line must contain)
+    (["--capture", "nope"], ["--capture", "nope"]),
+    (["--capture", ""], ["--capture"]),
+    (["--max-captures", "0"], ["--max-captures", "'0'"]),
+    (["--max-captures", "two"], ["--max-captures", "two"]),
+    (["--max-seconds", "-1"], ["--max-seconds", "-1"]),
+    (["--max-seconds", "nan"], ["--max-seconds", "nan"]),
+    (["--capture", "aten", "--max-seconds", "inf"], ["--max-seconds", "inf"]),
+    (["--max-captures", "3"], ["--max-captures", "--capture aten"]),  # a bound on nothing under fx
+    (["--capture", "fx", "--max-seconds", "5"], ["--max-seconds", "--capture auto"]),
+]
+
+
+@pytest.mark.parametrize("command", list(CAPTURE_COMMANDS))
+def test_every_analysing_command_documents_the_capture_flags(command, capsys):
+    code, out, err = run([command, "--help"], capsys)
+    assert code == 0 and err == ""
+    text = " ".join(out.split())  # argparse wraps help at the terminal's width
+    for word in ("--capture {fx,aten,auto}", "--max-captures N", "--max-seconds S", "(torch.fx, fast; the default)",
+                 "symbolic tracing"):
+        assert word in text, word
+
+
+@pytest.mark.parametrize("flags, words", BAD_CAPTURE, ids=[" ".join(f) for f, _ in BAD_CAPTURE])
+@pytest.mark.parametrize("command", list(CAPTURE_COMMANDS))
+def test_bad_capture_flags_are_one_line_and_exit_2(command, flags, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # docs would write pages
+    code, out, err = run([*CAPTURE_COMMANDS[command], *flags], capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    assert line.startswith(f"shapecalc {command}: error: "), line
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "pages").exists()
+
+
+def test_bad_capture_flags_fail_before_torch_loads():
+    script = textwrap.dedent("""
+        import sys
+        from shapecalc.cli import main
+
+        def status(argv):
+            try:
+                return main(argv)
+            except SystemExit as stop:  # argparse's own usage errors
+                return stop.code
+
+        argvs = [["trace", "fcn8s", "--input", "H", "--capture", "jit"],
+                 ["check", "fcn8s", "--input", "H", "--max-captures", "4"],
+                 ["sizes", "fcn8s", "--capture", "aten", "--max-seconds", "0"]]
+        print([status(argv) for argv in argvs], "torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[2, 2, 2] False", done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 3
+
+
+_capture_runs: dict = {}
+
+
+def cached_run(argv: tuple, columns: str = "120") -> tuple[int, str, str]:
+    """``shapecalc ARGV`` in-process, once per argv (an ATen capture of fcn8s costs seconds)."""
+    if argv not in _capture_runs:
+        import contextlib
+        import io
+        import os
+
+        out, err = io.StringIO(), io.StringIO()
+        before = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = columns
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(list(argv))
+        finally:
+            if before is None:
+                del os.environ["COLUMNS"]
+            else:
+                os.environ["COLUMNS"] = before
+        _capture_runs[argv] = (code, out.getvalue(), err.getvalue())
+    return _capture_runs[argv]
+
+
+def module_output_shapes(model_spec: str, height: int, width: int) -> dict[str, tuple[int, ...]]:
+    """Each submodule's output shape in a meta forward pass of the model itself (forward hooks)."""
+    model = load_model(model_spec)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_modules():
+        if name:
+            module.register_forward_hook(
+                lambda module, args, out, name=name: shapes.__setitem__(name, tuple(out.shape))
+                if isinstance(out, torch.Tensor) else None)
+    with torch.no_grad():
+        output = model(torch.empty(1, 3, height, width, device="meta"))
+    shapes[""] = tuple(output.shape)
+    return shapes
+
+
+def test_capture_aten_on_fcn8s_gives_the_sizes_and_crops_of_fx_and_torch():
+    code, out, err = cached_run(("trace", "fcn8s", "--input", "H", "--capture", "aten", "--format", "json"))
+    assert (code, err) == (0, "")
+    aten = json.loads(out)
+    code, out, _ = cached_run(("trace", "fcn8s", "--input", "H", "--format", "json"))
+    fx = json.loads(out)
+    assert (aten["capture"], fx["capture"]) == ("aten", "fx")
+    assert aten["outputs"] == fx["outputs"] and aten["domain"]["valid"] == fx["domain"]["valid"] == "every H >= 1"
+    # the crops as coded and as derived: 5, 9 and 31 pixels on both axes, exactly aligned for every H
+    for data in (aten, fx):
+        assert [(c["offset"], c["required"], c["aligned"]) for c in data["crops"]] == [
+            ([str(c)] * 2, [str(c)] * 2, True) for c in (5, 9, 31)]
+    assert [c["name"] for c in aten["crops"]] != [c["name"] for c in fx["crops"]]  # ATen node names, not fx's
+    assert fx["pieces"] == [] and fx["pieces_complete"] is None
+    assert aten["pieces_complete"] is True and [p["runs"] for p in aten["pieces"]] == [True]
+    # every layer names its module; the last layer of each module has the size torch gives that module's output
+    assert all(isinstance(layer["module"], str) for layer in aten["layers"] + fx["layers"])
+    last = {layer["module"]: layer for layer in aten["layers"] if layer["module"]}
+    assert {"conv1_1", "pool5", "score_pool4", "upscore8"} <= set(last)
+    H = sympy.Symbol("H", integer=True, positive=True)
+    for height in (1, 31, 97):
+        shapes = module_output_shapes("fcn8s", height, height)
+        for module, layer in last.items():
+            sizes = [int(sympy.sympify(s, locals={"H": H}).subs(H, height)) for s in layer["spatial"]]
+            assert sizes == list(shapes[module][2:]), (module, height)
+    fx_modules = {layer["name"]: layer["module"] for layer in fx["layers"]}
+    assert fx_modules["conv1_1"] == "conv1_1" and fx_modules["x"] == ""
+
+
+def test_capture_aten_crop_offsets_are_where_torch_reads():
+    """The ATen graph's own crop (a slice per axis) of score_pool4's output,
+    run by torch: the values it passes on are the source's from offset 5."""
+    import shapecalc
+
+    analysis = shapecalc.analyze(load_model("fcn8s", {"width": 1 / 16}, device="cpu").eval(), "H", capture="aten")
+    values = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            values[n.name] = super().run_node(n)
+            return values[n.name]
+
+    nodes = {n.name: n for n in analysis.graph_module.graph.nodes}
+    with torch.no_grad():
+        Recorder(analysis.graph_module).run(torch.randn(1, 3, 75, 75))
+    for crop, offset in zip(analysis.crops, (5, 9, 31)):
+        source = nodes[crop.name]
+        while source.target is torch.ops.aten.slice.Tensor:
+            source = source.args[0]
+        cropped, whole = values[crop.name], values[source.name]
+        h, w = cropped.shape[2:]
+        assert crop.offset == (offset, offset)
+        assert torch.equal(cropped, whole[:, :, offset:offset + h, offset:offset + w]), crop.name
+
+
+def test_capture_aten_table_names_the_front_end_modules_and_pieces():
+    code, out, err = cached_run(("trace", "fcn8s", "--input", "H", "--capture", "aten"), columns="120")
+    assert (code, err) == (0, "")
+    assert "fcn8s — input H x H — aten capture" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    rows: dict = {}  # layer -> its cells in every table it appears in (columns fold into further tables)
+    for line in out.splitlines():
+        if line.startswith("│ "):
+            cells = [c.strip() for c in line.split("│")[1:-1]]
+            rows.setdefault(cells[0], []).extend(cells[1:])
+    assert "conv1_1" in rows["convolution"] and "score_pool4" in rows["convolution_17"]
+    assert "pieces: 1 piece, covering every size" in out and "  every size: runs" in out
+    assert "note: ATen capture: 1 capture in " in out
+
+
+def test_capture_auto_keeps_fx_where_fx_traces(capsys):
+    code, out, err = run(["trace", "fcn8s", "--input", "64", "--capture", "auto", "--format", "json"], capsys)
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["capture"] == "fx" and data["pieces"] == [] and data["layers"][1]["module"] == "conv1_1"

@@ -82,7 +82,7 @@ def test_narrow_model_keeps_one_table():
 
     text = rendered(shapecalc.analyze(Skip(), "H"), 100)
     assert text.count("┏") == 3  # the layer, merges and excluded-sizes tables, nothing folded
-    assert "│ up    │ ConvTranspose2d │ k2 s2    │ 2*ceiling(H/2) │ 1      │ -1/2   │ 3  │" in text
+    assert "│ up    │ up     │ ConvTranspose2d │ k2 s2    │ 2*ceiling(H/2) │ 1      │ -1/2   │ 3  │" in text
 
 
 def test_unknown_geometry_is_explained():

@@ -10,6 +10,7 @@ a *warning* (reported, not failed).  Nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Optional, Sequence, Union
@@ -64,6 +65,8 @@ class CheckReport:
     valid: str = ""                               # the validity sentence
     #: for a concrete size that cannot run: sizes.SizeFailure.to_json() (binding requirement, nearest sizes, pad)
     explanation: Optional[dict] = None
+    #: the front end of the analysis checked: "fx" or "aten"
+    capture: str = "fx"
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -95,6 +98,7 @@ class CheckReport:
             "version": CHECK_JSON_VERSION,
             "model": self.model,
             "input": self.input,
+            "capture": self.capture,
             "ok": self.ok,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
@@ -489,12 +493,14 @@ def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = No
         findings += _output_findings(analysis, expected)
         checked["output"] = len(analysis.outputs)
     findings += _nothing_findings(analysis, expected, limit)
-    return CheckReport(analysis.model, analysis.input.text, tuple(findings), checked, analysis.validity_sentence())
+    return CheckReport(analysis.model, analysis.input.text, tuple(findings), checked, analysis.validity_sentence(),
+                       capture=analysis.capture)
 
 
 def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Union[str, InputSpec, None] = None,
                 max_shift: Optional[float] = None, channels: Optional[int] = None,
-                name: Optional[str] = None) -> CheckReport:
+                name: Optional[str] = None, capture: str = "fx", max_captures: Optional[int] = None,
+                max_seconds: Optional[float] = None) -> CheckReport:
     """Analyse ``model`` (an ``nn.Module`` or a MODEL spec such as ``"fcn8s"``
     or ``"path/to/file.py:factory"``) and check it.  A concrete input size the
     network cannot run at is an error finding, not an exception."""
@@ -506,13 +512,17 @@ def check_model(model, input: Union[str, InputSpec] = "H", *, expect_output: Uni
     spec = parse_input_spec(input) if isinstance(input, str) else input
     expected = _parse_expected(expect_output)
     limit = _parse_max_shift(max_shift)
+    bounds = {"capture": capture, "max_captures": max_captures, "max_seconds": max_seconds}
     try:
-        analysis = analyze(model, spec, channels=channels, name=name)
+        analysis = analyze(model, spec, channels=channels, name=name, **bounds)
     except SizeError as error:
         from shapecalc.answers.sizes import explain_failure
 
-        failure = explain_failure(model, spec, error, channels=channels, name=name)
-        return _size_error_report(error, name or type(model).__name__, spec, failure)
+        failure = explain_failure(model, spec, error, channels=channels, name=name, **bounds)
+        report = _size_error_report(error, name or type(model).__name__, spec, failure)
+        # auto names the front end that explained it; fx or aten the one asked for
+        front = failure.capture if failure is not None else "aten" if capture == "aten" else "fx"
+        return dataclasses.replace(report, capture=front)
     return check(analysis, expect_output=expected, max_shift=limit)
 
 

@@ -65,6 +65,8 @@ class LayerCost:
     itemsize: int
     #: the output shares storage with an earlier tensor (view, in-place): it allocates nothing
     shares_storage: bool
+    #: the qualified name of the module whose call produced it ("" for the model's own code)
+    module: str = ""
 
     @property
     def macs(self) -> sympy.Expr:
@@ -98,6 +100,8 @@ class Cost:
     peak_nodes: list[str] = field(default_factory=list)
     #: the live-storage sums, one per node in execution order (bytes), for checking
     live_bytes: list[tuple[str, sympy.Expr]] = field(default_factory=list, repr=False)
+    #: the front end of the analysis counted: "fx" or "aten"
+    capture: str = "fx"
 
     @property
     def macs(self) -> sympy.Expr:
@@ -167,6 +171,30 @@ def node_flops(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> sympy
     if node.op == "call_function" and (node.target in _CONV_FUNCTIONS or node.target in _LINEAR_FUNCTIONS):
         weight = _tensor_arg(node, 1, "weight")
         return 2 * _numel(out) * _prod(weight.shape[1:])
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        return _aten_flops(node, out)
+    return sympy.Integer(0)
+
+
+#: ATen matrix products FlopCounterMode counts: the argument holding the left matrix
+_ATEN_MATMULS = {"aten::mm": 0, "aten::bmm": 0, "aten::addmm": 1, "aten::baddbmm": 1}
+
+
+def _aten_flops(node: torch.fx.Node, out: SymbolicTensor) -> sympy.Expr:
+    """FLOPs of an ATen op (the ATen front end's graph), as FlopCounterMode
+    counts them: ``aten.convolution`` as the modules above (its argument 6
+    says transposed), a matrix product ``2 * numel(output) * K``."""
+    name = node.target._schema.name
+    if name in ("aten::convolution", "aten::_convolution"):
+        weight = _tensor_arg(node, 1, "weight")
+        transposed = node.args[6] if len(node.args) > 6 else node.kwargs.get("transposed", False)
+        counted = _tensor_arg(node, 0, "input") if transposed else out
+        if weight is None or counted is None:
+            return sympy.Integer(0)
+        return 2 * _numel(counted) * _prod(weight.shape[1:])
+    if name in _ATEN_MATMULS:
+        left = _tensor_arg(node, _ATEN_MATMULS[name], "mat1" if name == "aten::addmm" else "self")
+        return sympy.Integer(0) if left is None else 2 * _numel(out) * left.shape[-1]
     return sympy.Integer(0)
 
 
@@ -270,7 +298,8 @@ def cost(analysis, model: Optional[nn.Module] = None, *, dtype: str = "float32")
             if node.op == "call_module":
                 module_params = sum(p.numel() for p in graph_module.get_submodule(node.target).parameters())
             layers.append(LayerCost(node.name, op_label(node, graph_module), node_flops(node, graph_module),
-                                    module_params, _numel(value), itemsize(entries[0][2]), not fresh))
+                                    module_params, _numel(value), itemsize(entries[0][2]), not fresh,
+                                    _module_of(node)))
     missing = [sid for sid in created_at if sid not in sizes]
     if missing:
         owners = sorted({nodes[created_at[sid]].name for sid in missing})
@@ -292,7 +321,14 @@ def cost(analysis, model: Optional[nn.Module] = None, *, dtype: str = "float32")
                 sympy.Add(*(layer.flops for layer in layers)), params,
                 total(created_at, False), total(created_at, True), peak_elements, peak_bytes,
                 params_used, peak_nodes,
-                [(name, total(live, True)) for name, live in live_sets])
+                [(name, total(live, True)) for name, live in live_sets], capture=analysis.capture)
+
+
+def _module_of(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    from shapecalc.capture.aten import module_path
+    return module_path(node)
 
 
 def _terms(live, sizes, in_bytes: bool) -> dict[sympy.Expr, int]:

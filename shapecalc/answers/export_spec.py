@@ -143,6 +143,8 @@ class ExportSpec:
     #: torch's "guard added" log of the last export: (expression, torch source), and symbol -> axis
     guard_log: list = field(default_factory=list, repr=False)
     log_axes: dict = field(default_factory=dict, repr=False)
+    #: the front end of the analysis the valid sizes come from: "fx" or "aten"
+    capture: str = "fx"
 
     def _taken(self) -> set:
         return set(self.specs)
@@ -168,7 +170,8 @@ class ExportSpec:
     def python(self) -> str:
         taken = self._taken()
         # the command that gives this spec again, as one pastes it: a command line on purpose
-        lines = [f"# shapecalc export-spec {self.model} --input {self.input} --max {self.max_size}"]
+        capture = "" if self.capture == "fx" else f" --capture {self.capture}"
+        lines = [f"# shapecalc export-spec {self.model} --input {self.input} --max {self.max_size}{capture}"]
         if self.verified:
             lines.append(f"# verified: torch.export.export (torch {self.torch_version}, strict=False) ran with "
                          f"this spec on {self.device}, example input of shape {tuple(self.example_shape)}")
@@ -187,7 +190,8 @@ class ExportSpec:
 
     def as_data(self) -> dict:
         return {
-            "model": self.model, "input": self.input, "max": self.max_size, "torch": self.torch_version,
+            "model": self.model, "input": self.input, "capture": self.capture, "max": self.max_size,
+            "torch": self.torch_version,
             "device": self.device, "example_shape": list(self.example_shape),
             "dynamic_shapes": self.dynamic_shapes_data(), "python": self.python(), "verified": self.verified,
             "covers": {
@@ -297,7 +301,8 @@ def _guard_function(guard: str):
 
 
 def export_spec(model, input: str = "HxW", *, max_size: int = DEFAULT_MAX, channels: Optional[int] = None,
-                name: Optional[str] = None, analysis=None) -> ExportSpec:
+                name: Optional[str] = None, analysis=None, capture: str = "fx", max_captures: Optional[int] = None,
+                max_seconds: Optional[float] = None) -> ExportSpec:
     """The widest ``dynamic_shapes`` spec inside ``model``'s valid domain that
     ``torch.export.export`` accepts, verified by exporting with it."""
     if not isinstance(max_size, int) or not 1 <= max_size <= MAX_LIMIT:
@@ -309,7 +314,8 @@ def export_spec(model, input: str = "HxW", *, max_size: int = DEFAULT_MAX, chann
     from shapecalc.analysis import analyze
 
     if analysis is None:
-        analysis = analyze(model, input, channels=channels, name=name)
+        analysis = analyze(model, input, channels=channels, name=name, capture=capture, max_captures=max_captures,
+                           max_seconds=max_seconds)
     name = name or analysis.model
     shape = analysis.input_tensor.shape
     axes, static = {}, {}
@@ -324,7 +330,7 @@ def export_spec(model, input: str = "HxW", *, max_size: int = DEFAULT_MAX, chann
     result = ExportSpec(name, analysis.input.text, max_size, _argument_name(model), axes, static, (), {}, valid,
                         False, {s: [] for s in symbols}, torch_version=torch.__version__,
                         device=_device_of(model),
-                        template=tuple(None if d.is_Symbol else int(d) for d in shape))
+                        template=tuple(None if d.is_Symbol else int(d) for d in shape), capture=analysis.capture)
     if analysis.domain.cells is not None:
         result.notes.append("the valid sizes tie the symbols together (" + analysis.domain.joint_sentence()
                             + "); a dynamic_shapes spec bounds each axis on its own, so export decides that")

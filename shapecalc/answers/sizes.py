@@ -256,7 +256,13 @@ def _sizes_data(valid: PeriodicSet, symbol: str) -> dict[str, Any]:
 def _module_path(analysis, node_name: str) -> Optional[str]:
     for node in analysis.graph_module.graph.nodes:
         if node.name == node_name:
-            return str(node.target) if node.op == "call_module" else None
+            if node.op == "call_module":
+                return str(node.target)
+            if getattr(analysis, "capture", "fx") == "aten":
+                # an ATen node's own name (convolution_3) says little: its module says where it is
+                from shapecalc.capture.aten import module_path
+                return module_path(node) or None
+            return None
     return None
 
 
@@ -334,6 +340,8 @@ class SizesReport:
     range: Optional[tuple[int, int]] = None
     joint: Optional[str] = None
     undecided: list[str] = field(default_factory=list)
+    #: the front end of the analysis: "fx" or "aten"
+    capture: str = "fx"
 
     def to_json(self) -> dict[str, Any]:
         axes = {}
@@ -343,7 +351,8 @@ class SizesReport:
             if self.range is not None:
                 entry["range"] = _range_data(answer.valid, aligned.valid, self.range, answer.symbol)
             axes[answer.symbol] = entry
-        return {"version": SIZES_JSON_VERSION, "model": self.model, "input": self.input, "axes": axes,
+        return {"version": SIZES_JSON_VERSION, "model": self.model, "input": self.input, "capture": self.capture,
+                "axes": axes,
                 "joint": self.joint, "undecided": list(self.undecided), "exact": not self.undecided}
 
     def to_text(self) -> str:
@@ -436,7 +445,7 @@ def sizes_report(analysis, *, near: Union[str, Sequence[int], None] = None,
     undecided = [f"{r.reason} (node {r.node})" for r in analysis.domain.undecided]
     undecided += [str(c) for c in analysis.alignment_undecided]
     return SizesReport(analysis.model, analysis.input.text, valid, aligned, bounds,
-                       analysis.domain.joint_sentence(), undecided)
+                       analysis.domain.joint_sentence(), undecided, capture=analysis.capture)
 
 
 # ---------------------------------------------------------------------------
@@ -473,6 +482,7 @@ class SizeFailure:
     axes: list[AxisAnswer]
     bindings: dict[str, Optional[dict]]   # per axis: the first requirement on it that fails
     exact: bool = True
+    capture: str = "fx"                   # the front end of the analysis that explains it
 
     def headline(self) -> str:
         return (f"{self.model} with input {self.input!r} at node {_where(self.node, self.module)!r}: "
@@ -500,7 +510,8 @@ class SizeFailure:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": SIZES_JSON_VERSION, "model": self.model, "input": self.input, "ok": False,
+            "version": SIZES_JSON_VERSION, "model": self.model, "input": self.input, "capture": self.capture,
+            "ok": False,
             "error": self.headline(),
             "binding": {"node": self.node, "module": self.module, "reason": self.reason,
                         "condition": self.condition,
@@ -583,7 +594,8 @@ def _fails(condition, env) -> bool:
 
 
 def explain_failure(model, spec, error: ShapecalcError, *, channels: Optional[int] = None, batch: int = 1,
-                    name: Optional[str] = None) -> Optional[SizeFailure]:
+                    name: Optional[str] = None, capture: str = "fx", max_captures: Optional[int] = None,
+                    max_seconds: Optional[float] = None) -> Optional[SizeFailure]:
     """Explain a :class:`SizeError` that analysing ``model`` at the concrete
     (or partly concrete) ``spec`` raised: analyse it with a symbol per concrete
     axis, name the first requirement in graph order that the sizes violate,
@@ -597,7 +609,8 @@ def explain_failure(model, spec, error: ShapecalcError, *, channels: Optional[in
     name = name or type(model).__name__
     symbolic, at = _symbolic_spec(spec)
     try:
-        analysis = analyze(model, symbolic, channels=channels, batch=batch, name=name)
+        analysis = analyze(model, symbolic, channels=channels, batch=batch, name=name, capture=capture,
+                           max_captures=max_captures, max_seconds=max_seconds)
     except ShapecalcError:
         return None
     env = {s: at[str(s)] for s in analysis.symbols if str(s) in at}
@@ -626,4 +639,5 @@ def explain_failure(model, spec, error: ShapecalcError, *, channels: Optional[in
     condition = str(first.condition) if first is not None and first.node == node else None
     return SizeFailure(name, spec.text, node, _module_path(analysis, node), reason, condition,
                        {str(s): v for s, v in env.items()}, _chains(analysis, node, env),
-                       [a for a in axes if a.symbol in at], bindings, exact=not analysis.domain.undecided)
+                       [a for a in axes if a.symbol in at], bindings, exact=not analysis.domain.undecided,
+                       capture=analysis.capture)

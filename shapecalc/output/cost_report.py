@@ -16,7 +16,7 @@ def _sizes_data(elements, item_bytes) -> dict[str, str]:
 
 
 def layer_cost_data(layer: LayerCost) -> dict[str, Any]:
-    return {"name": layer.name, "op": layer.op, "flops": format_expr(layer.flops), "macs": format_expr(layer.macs),
+    return {"name": layer.name, "module": layer.module, "op": layer.op, "flops": format_expr(layer.flops), "macs": format_expr(layer.macs),
             "params": layer.params, "activation": _sizes_data(layer.activation, layer.activation_bytes),
             "shares_storage": layer.shares_storage}
 
@@ -25,6 +25,7 @@ def cost_to_json(result: Cost) -> dict[str, Any]:
     """The JSON contract of ``shapecalc cost --format json`` (docs/json.md)."""
     return {
         "model": result.model,
+        "capture": result.capture,
         "input": result.input,
         "symbols": [str(s) for s in result.symbols],
         "dtype": result.dtype,
@@ -67,7 +68,7 @@ def summary_lines(result: Cost) -> list[str]:
 
 
 def _title(result: Cost) -> str:
-    return f"{result.model} — cost at input {result.input}"
+    return f"{result.model} — cost at input {result.input} — {result.capture} capture"
 
 
 def cost_markdown(result: Cost) -> str:

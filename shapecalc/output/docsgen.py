@@ -27,6 +27,7 @@ from shapecalc.engine.propagate import META_KEY
 from shapecalc.engine.symbolic import axes_text, evaluate, format_expr
 from shapecalc.capture.specs import parse_sizes  # noqa: F401  (parsed torch-free; re-exported)
 from shapecalc.engine.tensors import SymbolicTensor
+from shapecalc.output.report import capture_text, pieces_lines, pieces_sentence
 
 #: typical sizes per input symbol, as in segmentation practice: an ImageNet
 #: crop, PASCAL VOC's longest side, DeepLab's 513 (16k + 1)
@@ -127,16 +128,29 @@ def _code(text: str) -> str:
 
 
 def _layers_section(analysis: Analysis, environments: list[dict]) -> list[str]:
-    columns = ["layer", "op", "params", "size", *[_env_label(e) for e in environments], "stride", "rf"]
+    # the module last: the columns before it keep their places for readers of earlier pages
+    columns = ["layer", "op", "params", "size", *[_env_label(e) for e in environments], "stride", "rf", "module"]
     rows = []
     for layer in analysis.layers:
         rows.append([f"`{layer.name}`", layer.op, layer.params, _code(axes_text(layer.spatial)),
                      *[_values(layer.spatial, e) for e in environments],
-                     _geometry(layer.tensor, "stride"), _geometry(layer.tensor, "rf")])
+                     _geometry(layer.tensor, "stride"), _geometry(layer.tensor, "rf"), _code(layer.module)])
     return ["## Layers", "",
             "Spatial size of every layer as an exact expression of the input, and its value at typical "
-            "input sizes; `stride` is input pixels per step, `rf` the receptive field in input pixels.", "",
+            "input sizes; `stride` is input pixels per step, `rf` the receptive field in input pixels, "
+            "`module` the module whose call produced it.", "",
             _table(columns, rows)]
+
+
+def _pieces_section(analysis: Analysis) -> list[str]:
+    """The ATen front end's regions of the size space (nothing for fx)."""
+    lines = pieces_lines(analysis)
+    if not lines:
+        return []
+    sentence = pieces_sentence(analysis)
+    return ["", "## Pieces", "",
+            "The ATen front end splits the size space where the model's Python looks at sizes; each piece is "
+            f"a region and what the model does there ({sentence}).", "", *[f"- {line}" for line in lines]]
 
 
 def _mark(aligned: Optional[bool]) -> str:
@@ -283,15 +297,23 @@ def render_page(analysis: Analysis, sizes: Optional[Sequence[int]] = None, *, pi
                         for name, t in analysis.outputs.items()) or "none with spatial axes"
     parts = [_HEADER, "", f"# {analysis.model}: spatial sizes", "",
              f"- input: {input_text} (`--input {analysis.input.text}`)",
+             f"- {capture_text(analysis)}",
              f"- output: {outputs}",
              f"- valid input: {analysis.validity_sentence()}",
              f"- exactly aligned for: {analysis.aligned_sentence()}"]
     if environments:
         parts.append(f"- values shown at: {'; '.join(_env_label(e) for e in environments)}")
-    parts += [f"- note: {n}" for n in analysis.notes]
+    parts += [f"- note: {_page_note(n)}" for n in analysis.notes]
     parts += ["", *_layers_section(analysis, environments), "", *_alignment_sections(analysis, environments), "",
-              *_domain_section(analysis), *_picture_link(analysis, picture), "", *_mermaid_section(analysis)]
+              *_domain_section(analysis), *_pieces_section(analysis), *_picture_link(analysis, picture), "",
+              *_mermaid_section(analysis)]
     return "\n".join(parts) + "\n"
+
+
+def _page_note(note: str) -> str:
+    """A note as a page shows it: without the ATen capture's seconds, which
+    differ from run to run (a page must be the same whenever it is made)."""
+    return re.sub(r"^(ATen capture: \d+ captures?) in [0-9.]+ s", r"\1", note)
 
 
 def _picture_link(analysis: Analysis, picture: Optional[str]) -> list[str]:
@@ -321,9 +343,11 @@ def index_page(pages: Sequence[Page]) -> str:
 
 
 def generate(models: Optional[Sequence[str]] = None, input: str = "H", *,
-             sizes: Optional[Sequence[int]] = None) -> list[Page]:
+             sizes: Optional[Sequence[int]] = None, capture: str = "fx", max_captures: Optional[int] = None,
+             max_seconds: Optional[float] = None) -> list[Page]:
     """Pages for ``models`` (MODEL specs; default: every bundled model, plus
-    an index page) at input spec ``input``."""
+    an index page) at input spec ``input``, captured by the front end
+    ``capture`` (see :func:`shapecalc.analyze`)."""
     from shapecalc.analysis import analyze
     from shapecalc.capture.trace import bundled_names, load_model, parse_input_spec
 
@@ -335,7 +359,8 @@ def generate(models: Optional[Sequence[str]] = None, input: str = "H", *,
         if filename in seen:
             raise InputSpecError(f"models {seen[filename]!r} and {model_spec!r} would both write {filename}")
         seen[filename] = model_spec
-        analysis = analyze(load_model(model_spec), spec, name=model_spec)
+        analysis = analyze(load_model(model_spec), spec, name=model_spec, capture=capture,
+                           max_captures=max_captures, max_seconds=max_seconds)
         picture = picture_page(analysis, filename)
         pages.append(Page(filename, model_spec, render_page(analysis, sizes,
                                                             picture=picture and picture.filename)))
@@ -362,10 +387,15 @@ def _changes(old: str, new: str, *, regions: int = 4) -> list[str]:
     return lines
 
 
-def regenerate_command(models: Sequence[str], out, input: str = "H", sizes: Optional[str] = None) -> str:
+def regenerate_command(models: Sequence[str], out, input: str = "H", sizes: Optional[str] = None, *,
+                       capture: str = "fx", max_captures: Optional[int] = None,
+                       max_seconds: Optional[float] = None) -> str:
     parts = ["shapecalc docs", *models, "--out", str(out)]
     parts += [] if input == "H" else ["--input", input]
     parts += [] if sizes is None else ["--sizes", sizes]
+    parts += [] if capture == "fx" else ["--capture", capture]
+    parts += [] if max_captures is None else ["--max-captures", str(max_captures)]
+    parts += [] if max_seconds is None else ["--max-seconds", f"{max_seconds:g}"]
     return " ".join(parts)
 
 

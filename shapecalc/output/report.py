@@ -103,6 +103,7 @@ def aligned_domain_data(analysis: Analysis) -> dict[str, Any]:
 def layer_data(layer: Layer) -> dict[str, Any]:
     return {
         "name": layer.name,
+        "module": layer.module,
         "op": layer.op,
         "params": layer.params,
         "spatial": [format_expr(s) for s in layer.spatial],
@@ -126,6 +127,7 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     return {
         "version": JSON_VERSION,
         "model": analysis.model,
+        "capture": analysis.capture,
         "input": {
             "spatial": [format_expr(s) for s in analysis.input.sizes],
             "channels": int(analysis.input_tensor.shape[1]),
@@ -138,6 +140,9 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
         "merges": [merge_data(m) for m in analysis.merges],
         "resamples": [resample_data(r) for r in analysis.resamples],
         "domain": domain,
+        # the ATen front end's regions of the size space (empty for fx) and whether they cover every size
+        "pieces": [piece.as_data() for piece in analysis.pieces],
+        "pieces_complete": analysis.pieces_complete,
         "notes": list(analysis.notes),
     }
 
@@ -152,11 +157,43 @@ def _mark(aligned: Optional[bool]) -> str:
 
 def layer_row(layer: Layer) -> list[str]:
     data = layer_data(layer)
-    return [layer.name, layer.op, layer.params, axes_text(data["spatial"]),
+    return [layer.name, layer.module, layer.op, layer.params, axes_text(data["spatial"]),
             axes_text(data["stride"]), axes_text(data["center"]), axes_text(data["rf"])]
 
 
-LAYER_COLUMNS = ["layer", "op", "params", "size", "stride", "center", "rf"]
+LAYER_COLUMNS = ["layer", "module", "op", "params", "size", "stride", "center", "rf"]
+#: the first geometry column of a layer row (stride, center, rf follow)
+GEOMETRY = LAYER_COLUMNS.index("stride")
+
+#: how the title and pages name each front end
+CAPTURE_NAMES = {"fx": "torch.fx", "aten": "ATen ops traced by make_fx"}
+
+
+def capture_text(analysis: Analysis) -> str:
+    """``capture: fx (torch.fx)``: the front end that captured the graph."""
+    return f"capture: {analysis.capture} ({CAPTURE_NAMES.get(analysis.capture, analysis.capture)})"
+
+
+def title(analysis: Analysis) -> str:
+    sizes = " x ".join(format_expr(s) for s in analysis.input.sizes)
+    return f"{analysis.model} — input {sizes} — {analysis.capture} capture"
+
+
+def pieces_sentence(analysis: Analysis) -> str:
+    """Whether the ATen front end's pieces cover every size."""
+    count = len(analysis.pieces)
+    head = f"{count} piece{'s' if count != 1 else ''}"
+    return head + {True: ", covering every size", False: ", not covering every size (the exploration stopped at "
+                   "its bounds; sizes outside every piece are not analysed)",
+                   None: ", whether they cover every size was not decided"}[analysis.pieces_complete]
+
+
+def pieces_lines(analysis: Analysis) -> list[str]:
+    """Each region of the size space and what the model does there (the ATen
+    front end; nothing for fx, whose one graph holds wherever it runs)."""
+    if analysis.capture != "aten" or not analysis.pieces:
+        return []
+    return [p.describe() for p in analysis.pieces]
 CROP_COLUMNS = ["crop", "feeds", "against", "offset (code)", "offset (derived)", "aligned", "counterexample"]
 
 
@@ -204,10 +241,13 @@ def summary_lines(analysis: Analysis) -> list[str]:
 
 
 #: how each column's cells may break (see shapecalc.output.layout)
-LAYER_KINDS = [layout.NAME, layout.NAME, layout.WORDS, layout.AXES, layout.EXPRESSION, layout.EXPRESSION,
-               layout.EXPRESSION]
-#: which layer columns stay in the first table when they cannot all fit: size first
-LAYER_PRIORITY = [0, 3, 1, 2, 4, 5, 6]
+LAYER_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.WORDS, layout.AXES, layout.EXPRESSION,
+               layout.EXPRESSION, layout.EXPRESSION]
+#: which layer columns stay in the first table when they cannot all fit: size first, then op
+#: (the two share a table), the module, params and the geometry
+LAYER_PRIORITY = [0, 4, 2, 1, 3, 5, 6, 7]
+#: an ATen node's name (convolution_3) says little without its module: the module comes next to the size
+ATEN_LAYER_PRIORITY = [0, 4, 1, 2, 3, 5, 6, 7]
 CROP_KINDS = [layout.NAME, layout.NAME, layout.NAME, layout.EXPRESSION, layout.EXPRESSION, layout.NAME,
               layout.WORDS]
 MERGE_KINDS = [layout.NAME, layout.WORDS, layout.EXPRESSION, layout.NAME, layout.WORDS]
@@ -225,7 +265,8 @@ UNKNOWN_LEGEND = ("?: not defined. A position-free axis (after global pooling ev
 
 def _layer_cells(layer: Layer) -> list[layout.Cell]:
     data = layer_data(layer)
-    return [layout.Cell((layer.name,)), layout.Cell((layer.op,)), layout.Cell((layer.params,)),
+    return [layout.Cell((layer.name,)), layout.Cell((layer.module,)), layout.Cell((layer.op,)),
+            layout.Cell((layer.params,)),
             *(layout.cell(["?" if v is None else v for v in data[key]]) for key in ("spatial", "stride", "center", "rf"))]
 
 
@@ -310,11 +351,11 @@ class TableReport:
 
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
-        title = f"{analysis.model} — input {' x '.join(format_expr(s) for s in analysis.input.sizes)}"
         layer_rows = [_layer_cells(layer) for layer in analysis.layers]
-        self.sections = [_Section(title, LAYER_COLUMNS, LAYER_KINDS, layer_rows, LAYER_PRIORITY)]
+        priority = ATEN_LAYER_PRIORITY if analysis.capture == "aten" else LAYER_PRIORITY
+        self.sections = [_Section(title(analysis), LAYER_COLUMNS, LAYER_KINDS, layer_rows, priority)]
         self.legend = [UNKNOWN_LEGEND] if any("?" in c.pieces for row in layer_rows
-                                              for c in row[4:]) else []
+                                              for c in row[GEOMETRY:]) else []
         for name, headers, kinds, items, cells_of, column in (
                 ("crops", CROP_COLUMNS, CROP_KINDS, analysis.crops, _crop_cells, 5),
                 ("merges", MERGE_COLUMNS, MERGE_KINDS, analysis.merges, _merge_cells, 3),
@@ -325,7 +366,10 @@ class TableReport:
         rows = exclusion_rows(analysis)
         if rows:
             self.sections.append(_Section("excluded sizes", EXCLUSION_COLUMNS, EXCLUSION_KINDS, [_cells(r) for r in rows]))
+        pieces = pieces_lines(analysis)
         self.summary = summary_lines(analysis)
+        if pieces:
+            self.summary += [f"pieces: {pieces_sentence(analysis)}", *(f"  {line}" for line in pieces)]
 
     def __rich_console__(self, console, options):
         from rich.text import Text
@@ -358,7 +402,7 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
 def render_markdown(analysis: Analysis, *, picture: bool = True) -> str:
     """The tables and summary as Markdown; with ``picture``, an inline SVG of
     the valid sizes and output sizes (shapecalc.output.picture) at the end."""
-    parts = [f"## {analysis.model} — input {' x '.join(format_expr(s) for s in analysis.input.sizes)}", "",
+    parts = [f"## {title(analysis)}", "", capture_text(analysis), "",
              _markdown_table(LAYER_COLUMNS, [layer_row(layer) for layer in analysis.layers])]
     if analysis.crops:
         parts += ["", "### Crops", "", _markdown_table(CROP_COLUMNS, [crop_row(c) for c in analysis.crops])]
@@ -370,9 +414,13 @@ def render_markdown(analysis: Analysis, *, picture: bool = True) -> str:
     rows = exclusion_rows(analysis)
     if rows:
         parts += ["", "### Excluded sizes", "", _markdown_table(EXCLUSION_COLUMNS, rows)]
-    if any("?" in text.split(" x ") for layer in analysis.layers for text in layer_row(layer)[4:]):
+    if any("?" in text.split(" x ") for layer in analysis.layers for text in layer_row(layer)[GEOMETRY:]):
         parts += ["", UNKNOWN_LEGEND]
     parts += ["", *[f"- {line}" for line in summary_lines(analysis)]]
+    pieces = pieces_lines(analysis)
+    if pieces:
+        parts += ["", "### Pieces", "", f"{pieces_sentence(analysis)[0].upper()}{pieces_sentence(analysis)[1:]}:", "",
+                  *[f"- {line}" for line in pieces]]
     if picture:
         from shapecalc.output.picture import domain_picture
 
