@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 from dataclasses import dataclass
-from functools import reduce
 from typing import Optional
 
 import sympy
@@ -28,7 +26,7 @@ from shapecalc._errors import ShapecalcError, SizeError, TraceError
 from shapecalc.capture import regions
 from shapecalc.capture.aten import AtenCapture
 from shapecalc.capture.specs import InputSpec
-from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
+from shapecalc.engine.domain import Domain, Requirement
 from shapecalc.engine.propagate import META_KEY, SizeInterpreter
 from shapecalc.engine.symbolic import evaluate, format_expr
 from shapecalc.engine.tensors import SymbolicTensor
@@ -52,9 +50,13 @@ class Piece:
     guards: tuple = ()               # the Guard objects behind ``condition``
     #: where it runs: the outputs of its graph (valid inside the region), as Analysis.outputs
     outputs: Optional[dict] = None
+    #: torch's own size check failed at ``example``: the piece is that one size
+    pointwise: bool = False
 
     def region_text(self) -> str:
         """The region in words: per symbol when its guards are (``H = 32k from 32, W not a multiple of 32``)."""
+        if self.pointwise:
+            return ", ".join(f"{s} = {v}" for s, v in self.example.items())
         if self.condition is sympy.true:
             return "every size"
         symbols = sorted(self.condition.free_symbols, key=str)
@@ -136,11 +138,16 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
     input_tensor = _input_tensor(spec, channel_count, batch)
     sized = [_size(captured, symbols, input_tensor) for captured in running]
     outputs = {id(c): _outputs(result) for c, (_, _, result, _) in zip(running, sized)}
-    pieces = tuple(_piece(c, outputs.get(id(c))) for c in exploration.captures)
+    # a size where torch's own check failed, inside a region that runs elsewhere, is that
+    # region's business: its domain (shapecalc's rules) already excludes the size, exactly
+    pieces = tuple(_piece(c, outputs.get(id(c))) for c in exploration.captures
+                   if not (c.pointwise and any(r.contains(c.example) for r in running)))
     graph_module, interpreter, result, domain = sized[0]
     if len(sized) > 1:
-        domain = _combined_domain(sized, running, symbols, domain)
-    notes = list(interpreter.notes) + _notes(exploration, pieces)
+        domain = _combined_domain(sized)
+    from shapecalc.capture.trace import _BUILD_NOTES
+    built = _BUILD_NOTES.get(model)
+    notes = ([built] if built else []) + list(interpreter.notes) + _notes(exploration, pieces)
     return _assembled(name, spec, input_tensor, graph_module, interpreter, result, domain, notes, capture="aten",
                       pieces=pieces, pieces_complete=exploration.complete)
 
@@ -149,7 +156,8 @@ def _piece(captured: AtenCapture, outputs=None) -> Piece:
     raised = captured.raised
     return Piece(captured.region, raised is None, dict(captured.example),
                  message="" if raised is None else raised.message, location="" if raised is None else raised.location,
-                 origin="" if raised is None else raised.origin, guards=captured.guards, outputs=outputs)
+                 origin="" if raised is None else raised.origin, guards=captured.guards, outputs=outputs,
+                 pointwise=captured.pointwise)
 
 
 def _outputs(result) -> dict:
@@ -275,34 +283,10 @@ def domain_sentence(domain: Domain, symbols) -> str:
     return "; ".join(domain.sets[s].describe(str(s)) for s in symbols)
 
 
-def _combined_domain(sized, running, symbols, primary: Domain) -> Domain:
-    """The union of the running regions' domains, when it is a product of
-    per-symbol sets (else the first region's, and the pieces say the rest)."""
-    boxes = []
-    for _, _, _, domain in sized:
-        if domain.cells is not None:
-            return primary
-        boxes.append(dict(domain.sets))
-    projections = {s: reduce(PeriodicSet.union, [b[s] for b in boxes], PeriodicSet.at_least(None)) for s in symbols}
-    # the union always lies inside the product of its projections; it is that product when the converse holds
-    if not _box_inside(projections, boxes, symbols):
-        return primary
-    combined = Domain(symbols)
-    combined.requirements.extend(r for _, _, _, d in sized for r in d.requirements)
-    for s in symbols:
-        combined.sets[s] = projections[s]
-    return combined
-
-
-def _box_inside(box: dict, boxes: list, symbols) -> bool:
-    """Whether ``box`` lies in the union of ``boxes``."""
-    atoms = {s: regions._atoms([box[s]] + [b[s] for b in boxes]) for s in symbols}
-    for combination in itertools.product(*(atoms[s] for s in symbols)):
-        if not all(regions._within(p, box[s]) for p, s in zip(combination, symbols)):
-            continue
-        if not any(all(regions._within(p, b[s]) for p, s in zip(combination, symbols)) for b in boxes):
-            return False
-    return True
+def _combined_domain(sized) -> Domain:
+    """The sizes valid in any running region (each region's domain holds its
+    own guards, so the regions do not overlap)."""
+    return Domain.union_of([domain for _, _, _, domain in sized])
 
 
 def _notes(exploration: regions.Exploration, pieces) -> list[str]:

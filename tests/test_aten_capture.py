@@ -234,3 +234,46 @@ def test_a_symbol_in_a_message_is_shapecalcs_not_torchs():
     raised = [p for p in analysis.pieces if not p.runs]
     assert raised and all(not re.search(r"\bs\d+\b", p.message) for p in raised)
     assert "H" in {str(s) for p in raised for s in p.condition.free_symbols}
+
+
+class ParityMatched(nn.Module):
+    """Runs where H and W have the same parity, through two graphs: a union
+    of regions that is not a product of per-symbol sets."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h % 2 == 0:
+            if w % 2 != 0:
+                raise ValueError("mixed parity")
+            return self.conv(x)
+        if w % 2 == 0:
+            raise ValueError("mixed parity")
+        return self.conv(x)[:, :, 1:]
+
+
+def test_a_union_of_regions_that_is_no_product_is_exact():
+    model = ParityMatched().eval()
+    analysis = analyze(model, "HxW", capture="aten")
+    h, w = analysis.symbols
+    assert analysis.pieces_complete is True and sum(p.runs for p in analysis.pieces) == 2
+    assert analysis.domain.cells is not None  # the valid sizes tie H and W
+    mismatches = []
+    for height in range(1, 16):
+        for width in range(1, 16):
+            try:
+                with torch.no_grad():
+                    shape = tuple(model(torch.zeros(1, 3, height, width)).shape)
+            except (RuntimeError, ValueError):
+                shape = None
+            env = {h: height, w: width}
+            if (env in analysis.domain) != (shape is not None):
+                mismatches.append(f"{height}x{width}: torch {shape}, shapecalc {env in analysis.domain}")
+            elif shape is not None:
+                predicted = _sizes(_piece_at(analysis, env).outputs["output"], env)
+                if predicted != shape:
+                    mismatches.append(f"{height}x{width}: torch {shape}, shapecalc {predicted}")
+    assert not mismatches, mismatches[:5]

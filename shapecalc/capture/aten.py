@@ -95,15 +95,28 @@ class AtenCapture:
     torch_example: dict = field(default_factory=dict)
 
     @property
+    def pointwise(self) -> bool:
+        """torch's own size check failed: that says nothing of the rest of
+        the region (the graph there is unknown), so the capture covers only
+        its example size."""
+        return self.raised is not None and self.raised.origin == "size"
+
+    @property
     def region(self) -> sympy.Basic:
-        """Where this capture holds: every guard of the model's code."""
-        return sympy.And(*(g.condition for g in self.guards)) if self.guards else sympy.true
+        """Where this capture holds: every guard of the model's code (and
+        only the example itself for a pointwise capture)."""
+        conditions = self.guards_as_conditions()
+        if self.pointwise:
+            conditions += [sympy.Eq(s, int(v)) for s, v in self.example.items()]
+        return sympy.And(*conditions) if conditions else sympy.true
 
     def guards_as_conditions(self) -> list:
         return [g.condition for g in self.guards]
 
     def contains(self, sizes: dict) -> bool:
         """Whether this capture's region holds ``sizes`` (symbol -> int)."""
+        if self.pointwise and any(int(sizes[s]) != int(v) for s, v in self.example.items()):
+            return False
         return all(bool(g.condition.subs(sizes)) for g in self.guards)
 
 

@@ -167,7 +167,7 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
         tried.append(point)
         found.captures.append(result)
         if not symbols:
-            found.complete = True
+            found.complete = True  # one concrete size: it runs or it raises
             break
         verdict, point = _uncovered(found.captures, symbols, example)
         found.complete = verdict
@@ -194,10 +194,22 @@ def _uncovered(captures: list[AtenCapture], symbols, near: dict) -> tuple[Option
         return True, None
     point = {s: _nearest_member(outside.sets[s], near[s]) for s in symbols}
     if None in point.values() or point not in outside:
-        cells = outside.cells or []
-        point = cells[0].smallest(symbols) if cells else None
-        point = None if point is None else {s: int(point[str(s)]) for s in symbols}
+        point = None
+        for cell in outside.cells or []:
+            candidate = {s: _nearest_member(cell.projection(s), near[s]) for s in symbols}
+            for tie in cell.ties:  # tied symbols take one size
+                first = min(tie, key=str)
+                for s in tie:
+                    candidate[s] = candidate[first]
+            if None in candidate.values() or candidate not in outside:
+                continue
+            if point is None or _distance(candidate, near) < _distance(point, near):
+                point = candidate
     return False, point
+
+
+def _distance(point: dict, near: dict) -> int:
+    return sum(abs(point[s] - near[s]) for s in point)
 
 
 def _next_by_scanning(captures: list[AtenCapture], symbols, example: dict, tried: list[dict]) -> Optional[dict]:

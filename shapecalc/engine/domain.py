@@ -24,6 +24,7 @@ projections beside the cells, so one-symbol questions stay cheap.
 
 from __future__ import annotations
 
+import itertools
 import math
 import types
 from dataclasses import FrozenInstanceError, dataclass, field
@@ -1133,6 +1134,28 @@ class Domain:
         plain = len(cells) == 1 and not cells[0].ties
         self.cells = None if plain or (not cells and self.cells is None) else cells
 
+    @classmethod
+    def union_of(cls, domains: Sequence["Domain"]) -> "Domain":
+        """The sizes valid in any of ``domains`` (the ATen front end's running
+        regions, each a graph of its own), exact: a union of their cells,
+        kept as one product where it is one.  Requirements and exclusions
+        are theirs, in order; an undecided requirement of any stays undecided."""
+        symbols = domains[0].symbols
+        union = cls(symbols)
+        cells = _absorbed([cell for d in domains for cell in d._cells_or_box()
+                           if not any(allowed.is_empty() for allowed in cell.sets.values())])
+        for s in symbols:
+            union.sets[s] = reduce(PeriodicSet.union, [c.projection(s) for c in cells], PeriodicSet.at_least(None))
+        box = _Cell(dict(union.sets))
+        # a union that is the product of its projections needs no cells
+        product = all(c.within(box) for c in cells) and _covered(box, cells, symbols)
+        union.cells = None if product else cells
+        for d in domains:
+            union.requirements.extend(d.requirements)
+            union.undecided.extend(d.undecided)
+            union.joint.extend(d.joint)
+        return union
+
     def _record_exclusion(self, requirement: Requirement, symbol, before: PeriodicSet) -> None:
         # the first requirement in graph order that removes a size is the one named for it
         if self.sets[symbol] != before:
@@ -1221,6 +1244,28 @@ class Domain:
                         "equal": [sorted(map(str, tie)) for tie in c.ties]} for c in self.cells],
             "requirements": [{"node": r.node, "reason": r.reason, "condition": str(r.condition)} for r in self.joint],
         }
+
+
+def _covered(box: _Cell, cells: list[_Cell], symbols) -> bool:
+    """Whether ``box`` (untied) lies in the union of untied ``cells``: decided
+    on the pieces of each symbol's line that every set holds or misses whole."""
+    if any(c.ties for c in cells):
+        return False
+    pieces = {}
+    for s in symbols:
+        line = [box.projection(s)]
+        for c in cells:
+            allowed = c.projection(s)
+            line = [part for piece in line for part in (piece.intersection(allowed), piece.difference(allowed))
+                    if not part.is_empty()]
+            if len(line) > MAX_CELLS:
+                return False
+        pieces[s] = line
+    for combination in itertools.product(*(pieces[s] for s in symbols)):
+        if not any(all(p.difference(c.projection(s)).is_empty() for p, s in zip(combination, symbols))
+                   for c in cells):
+            return False
+    return True
 
 
 def _same_single_size(a: PeriodicSet, b: PeriodicSet) -> bool:
