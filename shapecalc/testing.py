@@ -134,7 +134,16 @@ def assert_valid_for(model: ModelLike, sizes: Iterable[Union[int, Sequence[int]]
 
 def _first_unmet(analysis, module: nn.Module, env) -> Optional[str]:
     """The first requirement of the trace that fails at ``env`` (as
-    "node: reason"), None when the network runs there."""
+    "node: reason"), None when the network runs there.  Where the ATen
+    front end found the model's own exception at these sizes, that is the
+    reason ("file.py:12: raises '...'")."""
+    for piece in analysis.pieces:
+        try:
+            inside = bool(piece.condition.subs(env))
+        except TypeError:  # a condition that does not decide at these sizes
+            continue
+        if inside and not piece.runs:
+            return f"{piece.location}: raises {piece.message!r}"
     for requirement in analysis.domain.requirements:
         try:
             holds = bool(evaluate(requirement.condition, env))

@@ -904,3 +904,67 @@ def test_capture_auto_keeps_fx_where_fx_traces(capsys):
     assert (code, err) == (0, "")
     data = json.loads(out)
     assert data["capture"] == "fx" and data["pieces"] == [] and data["layers"][1]["module"] == "conv1_1"
+
+
+EVEN_ONLY = textwrap.dedent("""
+    import torch.nn as nn
+
+
+    class EvenOnly(nn.Module):
+        # Python that looks at a size: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                raise ValueError("the input size must be even")
+            return self.pool(self.conv(x))
+""")
+
+
+@pytest.fixture(scope="module")
+def even_only(tmp_path_factory):
+    path = tmp_path_factory.mktemp("even") / "even_only.py"
+    path.write_text(EVEN_ONLY)
+    return f"{path}:EvenOnly"
+
+
+def test_fx_refusal_names_the_front_end_that_traces_it(even_only, capsys):
+    code, out, err = run(["trace", even_only, "--input", "H"], capsys)
+    assert code == 2 and out == ""
+    line = assert_one_error_line(err)
+    assert "control flow" in line and "--capture auto (or aten)" in line
+
+
+def test_verify_with_the_aten_front_end_runs_the_model_itself(even_only, capsys):
+    # the model raises at odd widths: verify must see torch refuse exactly the sizes the pieces exclude
+    code, out, err = run(["verify", even_only, "--input", "H", "--capture", "auto", "--device", "meta",
+                          "--examples", "3", "--format", "json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["passed"] and (data["capture"], data["compared"]) == ("aten", "output")
+    assert data["examples"] == 3 and data["invalid_checked"] >= 1 and data["nodes_compared"] == 3
+    model = load_model(even_only)
+    for h in (2, 3, 8, 9):
+        try:
+            model(torch.empty(1, 3, h, h, device="meta"))
+            runs = True
+        except ValueError:
+            runs = False
+        assert runs == (h % 2 == 0)  # what the pieces said verify checked: torch agrees
+
+
+def test_testing_helpers_take_capture(even_only):
+    from shapecalc.testing import assert_valid_for
+
+    model = load_model(even_only)
+    with pytest.raises(AssertionError) as raised:
+        assert_valid_for(model, [4, 6, 5], capture="auto")
+    message = str(raised.value)
+    with pytest.raises(ValueError) as torch_says:
+        model(torch.empty(1, 3, 5, 5, device="meta"))
+    line = next(i for i, text in enumerate(EVEN_ONLY.splitlines(), 1) if "raise ValueError" in text)
+    assert "1 of the given sizes" in message
+    assert f"H=5: even_only.py:{line}: raises {str(torch_says.value)!r}" in message  # where and what torch raised

@@ -88,6 +88,19 @@ MODELS_SOURCE = textwrap.dedent('''
 
         def forward(self, x):
             return self.pool(self.conv(x))
+
+
+    class EvenOnly(nn.Module):
+        # Python that looks at a size: torch.fx cannot trace it, the ATen front end splits H in two pieces
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                raise ValueError("the input size must be even")
+            return self.pool(self.conv(x))
 ''')
 
 
@@ -113,15 +126,21 @@ CASES = {
     "skip-H": ("{file}:Skip", [], "H"),
 }
 
+# case -> (MODEL, --arg list, --input, further flags): the ATen front end (not the fx contract cases above)
+ATEN_CASES = {
+    "even-H-auto": ("{file}:EvenOnly", [], "H", ["--capture", "auto"]),
+    "skip-H-aten": ("{file}:Skip", [], "H", ["--capture", "aten"]),
+}
+
 _cache: dict = {}
 
 
 def contract(case: str, models_file) -> tuple[dict, str, dict]:
     """(the JSON, the MODEL spec, the factory arguments) for ``case``, once."""
     if case not in _cache:
-        model, args, spec = CASES[case]
+        model, args, spec, *flags = CASES.get(case) or ATEN_CASES[case]
         model = model.format(file=models_file)
-        argv = ["trace", model, "--input", spec, "--format", "json"]
+        argv = ["trace", model, "--input", spec, "--format", "json", *(flags[0] if flags else [])]
         for arg in args:
             argv += ["--arg", arg]
         from io import StringIO
@@ -217,6 +236,9 @@ def test_required_keys_and_types(case, models_file):
     assert isinstance(data["outputs"], dict) and data["outputs"]
     for output in data["outputs"].values():
         assert len(output["spatial"]) == len(spatial)
+    # the fx front end: one graph wherever the model runs, no pieces; every layer names its module
+    assert data["capture"] == "fx" and data["pieces"] == [] and data["pieces_complete"] is None
+    assert all(isinstance(layer["module"], str) for layer in data["layers"])
     assert isinstance(data["crops"], list)
     for crop in data["crops"]:
         assert {"name", "offset", "required", "aligned", "counterexample"} <= set(crop)
@@ -374,3 +396,69 @@ def test_broadcasting_merge_and_a_periodic_domain(models_file):
     assert data["outputs"]["output"]["spatial"] == ["2*ceiling(H/2)"] * 2
     assert data["domain"]["H"] == {"period": 2, "min": {"0": 2, "1": 1},
                                    "intervals": {"0": [[2, None]], "1": [[1, 1]]}}
+
+
+# ---------------------------------------------------------------------------
+# the ATen front end: capture, module, pieces
+
+
+def condition(text: str, symbols: dict) -> sympy.Basic:
+    """A piece's region as sympy reads it ("True" is every size; sympify gives a Python bool for it)."""
+    value = sympy.sympify(text, locals=dict(symbols))
+    return sympy.true if value is True else sympy.false if value is False else value
+
+
+def test_module_is_the_module_called_or_empty(models_file):
+    data, model, _ = contract("unet-HxW", models_file)
+    modules = dict(load_model(model).named_modules())
+    for layer in data["layers"]:
+        assert layer["module"] == "" or layer["module"] in modules, layer
+    named = {layer["name"]: layer["module"] for layer in data["layers"]}
+    assert named["enc1_0"] == "enc1.0" and named["up"] == "up" and named["getitem"] == ""
+
+
+@pytest.mark.parametrize("case", list(ATEN_CASES))
+def test_aten_keys_and_expressions(case, models_file):
+    data, model, _ = contract(case, models_file)
+    symbols = input_symbols(data)
+    assert data["capture"] == "aten" and data["pieces_complete"] is True
+    modules = dict(load_model(model).named_modules())
+    for layer in data["layers"]:
+        assert isinstance(layer["name"], str) and (layer["module"] == "" or layer["module"] in modules), layer
+        for text in layer["spatial"]:
+            parse(text, symbols)
+    assert {layer["module"] for layer in data["layers"]} >= ({"up", "down"} if "skip" in case else {"conv", "pool"})
+    assert data["pieces"] and all(isinstance(p["runs"], bool) for p in data["pieces"])
+    for piece in data["pieces"]:
+        region = condition(piece["condition"], symbols)
+        assert region.free_symbols <= set(symbols.values())
+        assert set(piece["example"]) == set(symbols) and bool(region.subs(
+            {symbols[k]: v for k, v in piece["example"].items()}))  # captured inside its own region
+        assert (piece["raises"] is None) == piece["runs"]
+        for guard in piece["guards"]:
+            assert {"condition", "origin", "location"} <= set(guard)
+
+
+def test_pieces_say_where_torch_runs_and_what_it_raises(models_file):
+    """Each size lies in exactly one piece; torch (the model itself, on meta)
+    runs there exactly when the piece says so, raises the piece's message
+    where it does not, and the outputs and domain agree with torch."""
+    data, model, _ = contract("even-H-auto", models_file)
+    symbols = input_symbols(data)
+    H = symbols["H"]
+    conditions = [condition(p["condition"], symbols) for p in data["pieces"]]
+    module = load_model(model)
+    output = [parse(e, symbols) for e in data["outputs"]["output"]["spatial"]]
+    for h in range(1, 14):
+        (piece,) = [p for p, c in zip(data["pieces"], conditions) if bool(c.subs(H, h))]
+        try:
+            with torch.no_grad():
+                shape = tuple(module(torch.empty(1, 3, h, h, device="meta")).shape)
+        except ValueError as error:
+            assert not piece["runs"] and piece["raises"]["message"] == str(error), h
+            assert not in_domain(data["domain"], "H", h)
+            continue
+        assert piece["runs"] and in_domain(data["domain"], "H", h), h
+        assert [value_at(e, {H: h}) for e in output] == list(shape[2:])
+    assert [p["runs"] for p in data["pieces"]] == [True, False]
+    assert "torch.fx could not be used" in " ".join(data["notes"])  # auto says why it left fx

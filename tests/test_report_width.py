@@ -21,12 +21,17 @@ from shapecalc.output.report import UNKNOWN_LEGEND, render_markdown, render_tabl
 from shapecalc.capture.trace import load_model
 
 SPECS = {"fcn8s": "H", "deeplabv3": "HxW"}
+#: the ATen front end's analysis of fcn8s: node names such as convolution_17, a module column, pieces
+ATEN = "fcn8s-aten"
 _cache: dict = {}
 
 
 def analysis_of(model: str):
     if model not in _cache:
-        _cache[model] = shapecalc.analyze(load_model(model, {}), SPECS[model], name=model)
+        if model == ATEN:
+            _cache[model] = shapecalc.analyze(load_model("fcn8s", {}), "H", name="fcn8s", capture="aten")
+        else:
+            _cache[model] = shapecalc.analyze(load_model(model, {}), SPECS[model], name=model)
     return _cache[model]
 
 
@@ -43,6 +48,7 @@ def cell_texts(text: str) -> list[str]:
 def assert_unbroken(text: str, data: dict) -> None:
     cells = cell_texts(text)
     wanted = {layer["name"] for layer in data["layers"]} | {layer["op"] for layer in data["layers"]}
+    wanted |= {layer["module"] for layer in data["layers"] if layer["module"]}
     wanted |= {s for layer in data["layers"] for s in layer["spatial"]}
     for item in wanted:
         # a name is a whole cell; a size is one axis of a cell ("A x B" or "x B")
@@ -50,7 +56,7 @@ def assert_unbroken(text: str, data: dict) -> None:
 
 
 @pytest.mark.parametrize("width", [80, 120])
-@pytest.mark.parametrize("model", list(SPECS))
+@pytest.mark.parametrize("model", [*SPECS, ATEN])
 def test_table_fits_the_width_without_breaking_a_token(model, width):
     analysis = analysis_of(model)
     text = rendered(analysis, width)
@@ -92,6 +98,21 @@ def test_unknown_geometry_is_explained():
     assert UNKNOWN_LEGEND.split(".")[0] in rendered(analysis, 120).replace("\n", " ")
     assert UNKNOWN_LEGEND in render_markdown(analysis)
     assert UNKNOWN_LEGEND not in render_markdown(analysis_of("fcn8s"))
+
+
+def test_reports_name_the_front_end_and_the_pieces():
+    aten, fx = analysis_of(ATEN), analysis_of("fcn8s")
+    text = rendered(aten, 80)
+    assert "aten capture" in text.splitlines()[0] and "pieces: 1 piece, covering every size" in text
+    assert "fx capture" in rendered(fx, 80).splitlines()[0] and "pieces:" not in rendered(fx, 80)
+    markdown = render_markdown(aten, picture=False)
+    assert markdown.startswith("## fcn8s — input H x H — aten capture\n\ncapture: aten (")
+    assert "| layer | module | op | params | size | stride | center | rf |" in markdown
+    assert "| convolution | conv1_1 | aten.convolution | k3 p100 | H + 198 |" in markdown
+    assert "### Pieces" in markdown and "\n- every size: runs" in markdown
+    plain = render_markdown(fx, picture=False)
+    assert "capture: fx (torch.fx)" in plain and "### Pieces" not in plain
+    assert "| conv1_1 | conv1_1 | Conv2d | k3 p100 | H + 198 |" in plain
 
 
 def meta_shapes(analysis, sizes) -> dict[str, tuple[int, ...]]:
