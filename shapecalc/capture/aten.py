@@ -32,6 +32,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Optional
 
 import sympy
@@ -147,8 +148,27 @@ def _define_interpolate_op():
                     antialias: bool) -> torch.Tensor:
         return _interpolate_reference(x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
 
-    interpolate.register_fake(_interpolate_reference)
+    interpolate.register_fake(_interpolate_size)
     return torch.ops.shapecalc.interpolate.default
+
+
+def _interpolate_size(x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias):
+    """The op's fake kernel: only the output's size, as upsample's C++ computes
+    it (``size``, or ``floor(n * scale)`` per axis).  Running F.interpolate
+    itself on fake tensors would trace its whole decomposition again (about
+    half of an smp FPN capture); its checks (mode against rank, a positive
+    output) are shapecalc's rule's, as for every op."""
+    spatial = x.shape[2:]
+    if size is not None:
+        out = list(size)
+    else:
+        # a double is a dyadic rational p/q exactly, and n*p/q is exact in double for any
+        # real size: integer arithmetic gives the same floor without float symbols in guards
+        out = []
+        for n, factor in zip(spatial, scale_factor):
+            exact = Fraction(float(factor))
+            out.append((n * exact.numerator) // exact.denominator)
+    return x.new_empty((*x.shape[:2], *out))
 
 
 INTERPOLATE = _define_interpolate_op()
