@@ -76,7 +76,7 @@ def _add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
                              "the size space mapped to a graph or to the model's own error) or auto (fx, and aten "
                              "where fx cannot trace the model)")
     parser.add_argument("--max-captures", type=_positive_int, default=None, metavar="N",
-                        help="with aten/auto: at most N captures while exploring regions (default: 8)")
+                        help="with aten/auto: at most N captures while exploring regions (default: 16)")
     parser.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
                         help="with aten/auto: stop exploring regions after S seconds (default: 120)")
     parser.add_argument("--leaf", action="append", default=[], metavar="package.module:Name",
@@ -104,6 +104,10 @@ def _tracing(args):
                 raise_usage(f"{_flag(None, flag)} bounds the ATen front end's exploration; give --capture aten "
                             "or --capture auto with it")
     leaves, pairs = getattr(args, "leaf", None) or [], getattr(args, "concrete", None) or []
+    if getattr(args, "capture", "fx") == "aten" and (leaves or pairs):
+        # torch.fx's options: the ATen front end traces through every module and takes forward() as called
+        raise_usage(f"{'--leaf' if leaves else '--concrete'} applies to torch.fx tracing; --capture aten does not "
+                    "use it (--capture auto uses it for the torch.fx attempt)")
     if not leaves and not pairs:
         return contextlib.nullcontext()
     from shapecalc.capture.specs import parse_model_args
@@ -188,7 +192,7 @@ def raise_usage(message: str):
 def _add_trace(subparsers) -> None:
     parser = subparsers.add_parser(
         "trace", help="sizes, crops, output and valid inputs of every layer",
-        description="Trace MODEL with torch.fx and show, for every layer, its spatial size as an exact "
+        description="Trace MODEL (torch.fx; --capture aten: PyTorch's symbolic tracing) and show, for every layer, its spatial size as an exact "
                     "expression of the input, the crop offsets (derived and as coded), the output size and "
                     "the set of input sizes for which the forward pass runs.")
     _add_model_arguments(parser)
@@ -552,7 +556,7 @@ def _export_spec(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shapecalc", description="Exact spatial sizes, crop offsets and valid input sizes of "
-                                                   "convolutional networks, derived symbolically from torch.fx graphs.")
+                                                   "convolutional networks, derived symbolically from torch.fx or ATen graphs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_trace(subparsers)
     _add_cost(subparsers)

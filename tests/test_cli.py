@@ -742,6 +742,8 @@ BAD_CAPTURE = [
     (["--capture", "aten", "--max-seconds", "inf"], ["--max-seconds", "inf"]),
     (["--max-captures", "3"], ["--max-captures", "--capture aten"]),  # a bound on nothing under fx
     (["--capture", "fx", "--max-seconds", "5"], ["--max-seconds", "--capture auto"]),
+    (["--capture", "aten", "--leaf", "torch.nn:Conv2d"], ["--leaf", "torch.fx", "--capture aten"]),  # fx's options
+    (["--capture", "aten", "--concrete", "n=1"], ["--concrete", "torch.fx"]),
 ]
 
 
@@ -753,6 +755,10 @@ def test_every_analysing_command_documents_the_capture_flags(command, capsys):
     for word in ("--capture {fx,aten,auto}", "--max-captures N", "--max-seconds S", "(torch.fx, fast; the default)",
                  "symbolic tracing"):
         assert word in text, word
+    from shapecalc.capture import regions
+
+    # the defaults are spelled out in the help (parsing does not import torch): they are the exploration's own
+    assert f"(default: {regions.MAX_CAPTURES})" in text and f"(default: {regions.MAX_SECONDS:g})" in text
 
 
 @pytest.mark.parametrize("flags, words", BAD_CAPTURE, ids=[" ".join(f) for f, _ in BAD_CAPTURE])

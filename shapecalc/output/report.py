@@ -183,17 +183,38 @@ def pieces_sentence(analysis: Analysis) -> str:
     """Whether the ATen front end's pieces cover every size."""
     count = len(analysis.pieces)
     head = f"{count} piece{'s' if count != 1 else ''}"
-    return head + {True: ", covering every size", False: ", not covering every size (the exploration stopped at "
-                   "its bounds; sizes outside every piece are not analysed)",
-                   None: ", whether they cover every size was not decided"}[analysis.pieces_complete]
+    head += {True: ", covering every size", False: ", not covering every size (the exploration stopped at "
+             "its bounds; sizes outside every piece are not analysed)",
+             None: ", whether they cover every size was not decided"}[analysis.pieces_complete]
+    if _several_graphs(analysis):
+        head += "; the layers are the graph of the first piece that runs"
+    return head
+
+
+def _several_graphs(analysis: Analysis) -> bool:
+    # the layers, crops and outputs are one graph's: where several pieces run, say whose
+    return sum(1 for p in analysis.pieces if p.runs) > 1
+
+
+def _spatial_text(tensor: SymbolicTensor) -> str:
+    if not tensor.spatial_sizes:
+        return "(" + ", ".join(format_expr(s) for s in tensor.shape) + ")"
+    return " x ".join(format_expr(s) for s in tensor.spatial_sizes)
 
 
 def pieces_lines(analysis: Analysis) -> list[str]:
     """Each region of the size space and what the model does there (the ATen
-    front end; nothing for fx, whose one graph holds wherever it runs)."""
+    front end; nothing for fx, whose one graph holds wherever it runs), with
+    the output size where it runs (each running piece has its own graph)."""
     if analysis.capture != "aten" or not analysis.pieces:
         return []
-    return [p.describe() for p in analysis.pieces]
+    lines = []
+    for piece in analysis.pieces:
+        outputs = getattr(piece, "outputs", None) or {}
+        sizes = "; ".join(_spatial_text(t) if name == "output" else f"{name!r} {_spatial_text(t)}"
+                          for name, t in outputs.items() if isinstance(t, SymbolicTensor))
+        lines.append(piece.describe() + (f" (output {sizes})" if piece.runs and sizes else ""))
+    return lines
 CROP_COLUMNS = ["crop", "feeds", "against", "offset (code)", "offset (derived)", "aligned", "counterexample"]
 
 
@@ -226,8 +247,10 @@ def resample_row(resample: ResampleAlignment) -> list[str]:
 
 def summary_lines(analysis: Analysis) -> list[str]:
     lines = []
+    first = next((p for p in analysis.pieces if p.runs), None) if _several_graphs(analysis) else None
+    where = f" (where {first.region_text()})" if first is not None and hasattr(first, "region_text") else ""
     for name, tensor in analysis.outputs.items():
-        label = "output" if name == "output" else f"output {name!r}"
+        label = ("output" if name == "output" else f"output {name!r}") + where
         if tensor.spatial_sizes:
             lines.append(f"{label}: {' x '.join(format_expr(s) for s in tensor.spatial_sizes)}")
         else:  # a classifier's logits: say so rather than print an empty size
