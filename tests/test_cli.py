@@ -974,3 +974,64 @@ def test_testing_helpers_take_capture(even_only):
     line = next(i for i, text in enumerate(EVEN_ONLY.splitlines(), 1) if "raise ValueError" in text)
     assert "1 of the given sizes" in message
     assert f"H=5: even_only.py:{line}: raises {str(torch_says.value)!r}" in message  # where and what torch raised
+
+
+COUNTED = textwrap.dedent("""
+    import torch.nn as nn
+
+
+    class Counted(nn.Module):
+        # a size check in Python (fx cannot trace it), a conv, a transposed conv and a linear layer
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                raise ValueError("the input size must be even")
+            return self.head(self.up(self.down(x)))
+""")
+
+
+def test_cost_with_the_aten_front_end_counts_as_flop_counter_mode(tmp_path, capsys):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = tmp_path / "counted.py"
+    path.write_text(COUNTED)
+    code, out, err = run(["cost", f"{path}:Counted", "--input", "10x16", "--capture", "auto", "--format", "json"],
+                         capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["capture"] == "aten"
+    assert {"down", "up", "head"} <= {layer["module"] for layer in data["layers"]}
+    model = load_model(f"{path}:Counted")
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, 10, 16, device="meta"))
+    assert int(data["total"]["flops"]) == counter.get_total_flops() > 0
+    code, out, _ = run(["cost", f"{path}:Counted", "--input", "10x16", "--capture", "auto", "--format", "markdown"],
+                       capsys)
+    assert code == 0 and "— aten capture" in out.splitlines()[0] and "| bytes | module |" in out
+
+
+def test_cost_with_the_aten_front_end_counts_a_matmul_as_flop_counter_mode():
+    # torch.matmul of feature maps is a bmm in ATen, where FlopCounterMode counts it
+    import shapecalc
+    from shapecalc.answers.cost import cost
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Gram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x).flatten(2)
+            return torch.matmul(y.transpose(1, 2), y).unsqueeze(1)
+
+    model = Gram().eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, 8, 8))
+    result = cost(shapecalc.analyze(model, "8x8", capture="aten"), model)
+    assert int(result.flops) == counter.get_total_flops() and result.capture == "aten"

@@ -45,13 +45,14 @@ def cost_to_json(result: Cost) -> dict[str, Any]:
     }
 
 
-COLUMNS = ["layer", "op", "flops", "macs", "params", "activation", "bytes"]
+#: the module last: the columns before it keep their places for readers of earlier output
+COLUMNS = ["layer", "op", "flops", "macs", "params", "activation", "bytes", "module"]
 
 
 def _row(layer: LayerCost) -> list[str]:
     shared = " (shared)" if layer.shares_storage else ""
     return [layer.name, layer.op, format_expr(layer.flops), format_expr(layer.macs), str(layer.params),
-            format_expr(layer.activation) + shared, format_expr(layer.activation_bytes) + shared]
+            format_expr(layer.activation) + shared, format_expr(layer.activation_bytes) + shared, layer.module]
 
 
 def summary_lines(result: Cost) -> list[str]:
@@ -88,8 +89,8 @@ def cost_table(result: Cost):
 
     table = Table(title=_title(result))
     for column in COLUMNS:
-        table.add_column(column, no_wrap=column in ("layer", "op"),
-                         justify="right" if column not in ("layer", "op") else "left")
+        table.add_column(column, no_wrap=column in ("layer", "op", "module"),
+                         justify="right" if column not in ("layer", "op", "module") else "left")
     for layer in result.layers:
         table.add_row(*_row(layer))
     return Group(table, *(Text(line) for line in summary_lines(result)))
