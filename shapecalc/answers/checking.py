@@ -84,7 +84,8 @@ class CheckReport:
         counts = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in self.checked.items())
         verdict = "ok" if self.ok else "FAILED"
         errors, warnings = len(self.errors), len(self.warnings)
-        return (f"{verdict}: {self.model} with input {self.input!r}: {errors} error{'s' if errors != 1 else ''}, "
+        front = " (aten capture)" if self.capture == "aten" else ""  # named only where it is not the default
+        return (f"{verdict}: {self.model} with input {self.input!r}{front}: {errors} error{'s' if errors != 1 else ''}, "
                 f"{warnings} warning{'s' if warnings != 1 else ''} ({counts or 'nothing'} checked; "
                 f"valid input: {self.valid})")
 

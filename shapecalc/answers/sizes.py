@@ -356,7 +356,8 @@ class SizesReport:
                 "joint": self.joint, "undecided": list(self.undecided), "exact": not self.undecided}
 
     def to_text(self) -> str:
-        lines = [f"{self.model} with input {self.input!r}"]
+        # the front end is named only where it is not the default one
+        lines = [f"{self.model} with input {self.input!r}" + (" (aten capture)" if self.capture == "aten" else "")]
         for answer, aligned in zip(self.axes, self.aligned):
             s = answer.symbol
             lines.append(f"valid {s}: {compact(answer.valid, s) if not answer.valid.is_empty() else f'no {s}'}")
