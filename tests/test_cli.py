@@ -1041,3 +1041,19 @@ def test_cost_with_the_aten_front_end_counts_a_matmul_as_flop_counter_mode():
         model(torch.empty(1, 3, 8, 8))
     result = cost(shapecalc.analyze(model, "8x8", capture="aten"), model)
     assert int(result.flops) == counter.get_total_flops() and result.capture == "aten"
+
+
+def test_docs_with_the_aten_front_end_writes_pages_that_check_up_to_date(even_only, tmp_path, capsys):
+    out_dir = tmp_path / "pages"
+    code, out, err = run(["docs", even_only, "--out", str(out_dir), "--capture", "aten"], capsys)
+    assert code == 0, err
+    page = (out_dir / "EvenOnly.md").read_text()
+    assert "- capture: aten (" in page and "## Pieces" in page and "| module |" in page
+    assert " s\n" not in page.split("## Layers")[0]  # the capture's seconds differ between runs: not on the page
+    code, out, _ = run(["docs", even_only, "--out", str(out_dir), "--capture", "aten", "--check"], capsys)
+    assert code == 0 and "up to date" in out
+    code, out, _ = run(["docs", even_only, "--out", str(out_dir), "--check"], capsys)  # fx cannot trace it
+    assert code == 2
+    (out_dir / "EvenOnly.md").write_text(page + "edited\n")
+    code, out, _ = run(["docs", even_only, "--out", str(out_dir), "--capture", "aten", "--check"], capsys)
+    assert code == 1 and out.splitlines()[-1].endswith(f"--out {out_dir} --capture aten")
