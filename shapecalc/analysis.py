@@ -110,6 +110,10 @@ class Analysis:
 
     def validity_sentence(self) -> str:
         parts = [self.domain.sets[s].describe(str(s)) for s in self.symbols]
+        if self.pieces and self.pieces_complete is not True:
+            # outside the regions explored nothing is known: no "never" about them
+            parts = ["where explored: " + parts[0].split("; never for")[0]] + \
+                [p.split("; never for")[0] for p in parts[1:]]
         if not self.symbols:
             parts.append("runs at this size")
         joint = self.domain.joint_sentence()

@@ -26,7 +26,7 @@ from shapecalc._errors import ShapecalcError, SizeError, TraceError
 from shapecalc.capture import regions
 from shapecalc.capture.aten import AtenCapture
 from shapecalc.capture.specs import InputSpec
-from shapecalc.engine.domain import Domain, Requirement
+from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
 from shapecalc.engine.propagate import META_KEY, SizeInterpreter
 from shapecalc.engine.symbolic import evaluate, format_expr
 from shapecalc.engine.tensors import SymbolicTensor
@@ -60,22 +60,17 @@ class Piece:
         if self.condition is sympy.true:
             return "every size"
         symbols = sorted(self.condition.free_symbols, key=str)
-        box = regions._box([g.condition for g in self.guards], symbols)
-        if box is None:
+        region = Domain(tuple(symbols))
+        for condition in sympy.And.make_args(self.condition):
+            region.add(Requirement(condition, "piece", "the piece's region"))
+        if region.undecided:
             return format_expr(self.condition)
-        parts = []
-        for s in symbols:
-            allowed = box[s]
-            excluded = [r for r, c in enumerate(allowed.classes) if not c]
-            if allowed.period > 1 and len(excluded) > allowed.period // 2 and excluded:
-                parts.append(allowed.describe(str(s)))
-            elif allowed.period > 1 and excluded:
-                from shapecalc.engine.domain import _residues_phrase
-                parts.append(_residues_phrase(str(s), allowed.period, [r for r in range(allowed.period)
-                                                                       if r not in excluded]))
-            else:
-                parts.append(allowed.describe(str(s)))
-        return ", ".join(parts)
+        parts = [_set_phrase(region.sets[s], str(s)) for s in symbols]
+        parts = [p for p in parts if p is not None]
+        joint = region.joint_sentence()
+        if joint:
+            parts.append(f"jointly {joint}")
+        return ", ".join(parts) or "every size"
 
     def describe(self) -> str:
         where = self.region_text()
@@ -92,6 +87,21 @@ class Piece:
                            for g in self.guards],
                 "outputs": None if self.outputs is None else {
                     name: [format_expr(s) for s in t.shape] for name, t in self.outputs.items()}}
+
+
+def _set_phrase(allowed, symbol: str) -> Optional[str]:
+    """A region's set of one symbol, short: ``H not a multiple of 32`` for
+    all classes but one, as the set describes itself otherwise; None for every size."""
+    if allowed == allowed.everything():
+        return None
+    allowed = allowed.reduced()
+    kept = [r for r, c in enumerate(allowed.classes) if c]
+    whole_classes = all(c == ((PeriodicSet.start(allowed.period, r), None),) for r, c in enumerate(allowed.classes)
+                        if c)
+    if allowed.period > 1 and whole_classes:
+        from shapecalc.engine.domain import _residues_phrase
+        return _residues_phrase(symbol, allowed.period, kept)
+    return allowed.describe(symbol)
 
 
 def _first_module_with(model: nn.Module, attribute: str):

@@ -17,6 +17,7 @@ the boxes cover everything is decided on the atoms of each symbol's sets
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -27,7 +28,7 @@ from shapecalc.capture.aten import AtenCapture, capture
 from shapecalc.engine.domain import Domain, PeriodicSet, Requirement, condition_set
 
 #: default bounds on exploration (``--max-captures``, ``--max-seconds``)
-MAX_CAPTURES = 8
+MAX_CAPTURES = 16
 MAX_SECONDS = 120.0
 #: how far from the example the search for a size outside the known regions looks
 SEARCH_SPAN = 1024
@@ -45,6 +46,10 @@ class Exploration:
     complete: Optional[bool] = None
     stopped_by: Optional[str] = None   # "captures" or "time" when a bound stopped it
     seconds: float = 0.0
+    #: the pieces of the size space no region covers (symbol -> PeriodicSet), when decided
+    unexplored: list = field(default_factory=list)
+    #: how many pieces the guards seen cut the size space into (each symbol's atoms, multiplied)
+    pieces_of_space: Optional[int] = None
 
     @property
     def running(self) -> list[AtenCapture]:
@@ -56,14 +61,13 @@ class Exploration:
             return None
         if not self.captures:
             return "every size"
-        outside = Domain(tuple(self.symbols))
-        for c in self.captures:
-            outside.add(Requirement(sympy.Not(c.region), "exploration", "outside the regions found"))
-        if outside.undecided:
-            return "sizes outside the regions listed (not decided)"
-        text = "; ".join(outside.sets[s].describe(str(s)) for s in self.symbols)
-        joint = outside.joint_sentence()
-        return f"{text}; jointly: {joint}" if joint else text
+        if not self.unexplored:
+            return "sizes outside the regions listed (coverage not decided)"
+        shown = "; ".join(" and ".join(self.unexplored[0][s].describe(str(s)) for s in self.symbols)
+                          for _ in range(1))
+        count = len(self.unexplored)
+        return (f"{count} of the {self.pieces_of_space} pieces the guards seen cut the size space into, "
+                f"e.g. where {shown}") if count > 1 else f"where {shown}"
 
 
 def _box(condition_list, symbols) -> Optional[dict]:
@@ -82,57 +86,27 @@ def _box(condition_list, symbols) -> Optional[dict]:
     return box
 
 
+#: atoms per symbol beyond which coverage is left undecided
+MAX_ATOMS = 512
+
+
 def _atoms(sets: list[PeriodicSet]) -> list[PeriodicSet]:
     """The non-empty pieces of the line that each of ``sets`` holds or misses whole."""
     pieces = [PeriodicSet.everything()]
-    for s in sets:
+    for s in dict.fromkeys(sets):
         refined = []
         for piece in pieces:
             for part in (piece.intersection(s), piece.difference(s)):
                 if not part.is_empty():
                     refined.append(part)
         pieces = refined
-        if len(pieces) > 256:
+        if len(pieces) > MAX_ATOMS:
             break
     return pieces
 
 
-def covers_everything(boxes: list[dict], symbols) -> Optional[bool]:
-    """Whether the union of ``boxes`` is every size (None when too many pieces to decide)."""
-    if not symbols:
-        return bool(boxes)
-    atoms = {s: _atoms([b[s] for b in boxes]) for s in symbols}
-    if any(len(a) > 256 for a in atoms.values()):
-        return None
-    for combination in itertools.product(*(atoms[s] for s in symbols)):
-        inside = any(all(_within(piece, box[s]) for piece, s in zip(combination, symbols)) for box in boxes)
-        if not inside:
-            return False
-    return True
-
-
 def _within(piece: PeriodicSet, allowed: PeriodicSet) -> bool:
     return piece.difference(allowed).is_empty()
-
-
-def uncovered_point(boxes: list[dict], symbols, near: dict) -> Optional[dict]:
-    """A size in no box, as near ``near`` as the atoms allow."""
-    atoms = {s: _atoms([b[s] for b in boxes]) for s in symbols}
-    best = None
-    for combination in itertools.product(*(atoms[s] for s in symbols)):
-        if any(all(_within(p, box[s]) for p, s in zip(combination, symbols)) for box in boxes):
-            continue
-        point = {}
-        for piece, s in zip(combination, symbols):
-            value = _nearest_member(piece, near[s])
-            if value is None:
-                break
-            point[s] = value
-        else:
-            distance = sum(abs(point[s] - near[s]) for s in symbols)
-            if best is None or distance < best[0]:
-                best = (distance, point)
-    return None if best is None else best[1]
 
 
 def _nearest_member(piece: PeriodicSet, target: int) -> Optional[int]:
@@ -169,7 +143,7 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
         if not symbols:
             found.complete = True  # one concrete size: it runs or it raises
             break
-        verdict, point = _uncovered(found.captures, symbols, example)
+        verdict, point = _uncovered(found.captures, symbols, example, found)
         found.complete = verdict
         if verdict is True:
             break
@@ -179,33 +153,42 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
     return found
 
 
-def _uncovered(captures: list[AtenCapture], symbols, near: dict) -> tuple[Optional[bool], Optional[dict]]:
-    """Whether the captures' regions cover every size (decided exactly by the
-    domain machinery, joint guards included), and if not a size outside them
-    near ``near``."""
+def _uncovered(captures: list[AtenCapture], symbols, near: dict, found: Optional["Exploration"] = None
+               ) -> tuple[Optional[bool], Optional[dict]]:
+    """Whether the captures' regions cover every size, and if not a size
+    outside them near ``near``.  Each region is decided exactly into cells by
+    the domain machinery (joint guards included, like instance norm's
+    ``H*W != 1``); whether the cells cover everything is decided on the atoms
+    of each symbol's line, which keeps nested per-axis branches (MONAI's
+    BasicUNet: 16 classes of H times 16 of W) to a few hundred pieces instead
+    of negating every region."""
     if any(c.region is sympy.true for c in captures):
         return True, None
-    outside = Domain(tuple(symbols))
+    cells = []
     for c in captures:
-        outside.add(Requirement(sympy.Not(c.region), "exploration", "outside the regions found"))
-    if outside.undecided:
+        region = Domain(tuple(symbols))
+        for condition in sympy.And.make_args(c.region):
+            region.add(Requirement(condition, "exploration", "inside a region found"))
+        if region.undecided:
+            return None, None
+        cells += [cell for cell in region._cells_or_box() if not any(v.is_empty() for v in cell.sets.values())]
+    if any(cell.ties for cell in cells):
         return None, None
-    if all(outside.sets[s].is_empty() for s in symbols):
-        return True, None
-    point = {s: _nearest_member(outside.sets[s], near[s]) for s in symbols}
-    if None in point.values() or point not in outside:
-        point = None
-        for cell in outside.cells or []:
-            candidate = {s: _nearest_member(cell.projection(s), near[s]) for s in symbols}
-            for tie in cell.ties:  # tied symbols take one size
-                first = min(tie, key=str)
-                for s in tie:
-                    candidate[s] = candidate[first]
-            if None in candidate.values() or candidate not in outside:
-                continue
-            if point is None or _distance(candidate, near) < _distance(point, near):
-                point = candidate
-    return False, point
+    atoms = {s: _atoms([cell.projection(s) for cell in cells]) for s in symbols}
+    if any(len(a) > MAX_ATOMS for a in atoms.values()):
+        return None, None
+    best, missing = None, []
+    for combination in itertools.product(*(atoms[s] for s in symbols)):
+        if any(all(_within(piece, cell.projection(s)) for piece, s in zip(combination, symbols)) for cell in cells):
+            continue
+        missing.append(dict(zip(symbols, combination)))
+        point = {s: _nearest_member(piece, near[s]) for piece, s in zip(combination, symbols)}
+        if None not in point.values() and (best is None or _distance(point, near) < _distance(best, near)):
+            best = point
+    if found is not None:
+        found.unexplored = missing
+        found.pieces_of_space = math.prod(len(atoms[s]) for s in symbols)
+    return (True, None) if not missing else (False, best)
 
 
 def _distance(point: dict, near: dict) -> int:
