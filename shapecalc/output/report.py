@@ -404,7 +404,16 @@ class TableReport:
             if n == 0:
                 for line in self.legend:
                     yield from console.render(Text(line), options.update_width(width))
+        import textwrap
+
         for line in self.summary:
+            # an indented line (a piece) keeps its indent where it wraps
+            indent = len(line) - len(line.lstrip(" "))
+            if indent and len(line) > width:
+                line = "\n".join(textwrap.wrap(line, width, initial_indent="", subsequent_indent=" " * indent,
+                                               break_long_words=False, break_on_hyphens=False,
+                                               drop_whitespace=True) or [line])
+                line = " " * indent + line.lstrip(" ")
             yield from console.render(Text(line), options.update_width(width))
 
 
