@@ -137,13 +137,19 @@ def _first_unmet(analysis, module: nn.Module, env) -> Optional[str]:
     "node: reason"), None when the network runs there.  Where the ATen
     front end found the model's own exception at these sizes, that is the
     reason ("file.py:12: raises '...'")."""
-    for piece in analysis.pieces:
-        try:
-            inside = bool(piece.condition.subs(env))
-        except TypeError:  # a condition that does not decide at these sizes
-            continue
-        if inside and not piece.runs:
-            return f"{piece.location}: raises {piece.message!r}"
+    if analysis.pieces:
+        containing = [p for p in analysis.pieces if _inside(p, env)]
+        raised = [p for p in containing if not p.runs]
+        if raised:
+            return f"{raised[0].location}: raises {raised[0].message!r}"
+        if not containing:
+            # no capture explored these sizes: nothing is known, so nothing is promised
+            return "these sizes lie outside every region the ATen front end explored (raise --max-captures)"
+        if env in analysis.domain:
+            return None
+        # several running regions: the domain's requirements are every region's, so only
+        # membership in their exact union decides; name the region's first failing one
+        return "outside the valid sizes of its region (" + analysis.validity_sentence() + ")"
     for requirement in analysis.domain.requirements:
         try:
             holds = bool(evaluate(requirement.condition, env))
@@ -153,6 +159,13 @@ def _first_unmet(analysis, module: nn.Module, env) -> Optional[str]:
         if not holds:
             return f"{requirement.node}: {requirement.reason}"
     return None
+
+
+def _inside(piece, env) -> bool:
+    try:
+        return bool(piece.condition.subs(env))
+    except TypeError:  # a condition that does not decide at these sizes
+        return False
 
 
 def _concrete_failure(analysis, module: nn.Module, env) -> Optional[str]:

@@ -277,3 +277,14 @@ def test_a_union_of_regions_that_is_no_product_is_exact():
                 if predicted != shape:
                     mismatches.append(f"{height}x{width}: torch {shape}, shapecalc {predicted}")
     assert not mismatches, mismatches[:5]
+
+
+def test_assert_valid_for_follows_the_pieces():
+    from shapecalc.testing import assert_valid_for
+    model, _ = _branchy()
+    # both running graphs: 24x8 (no crop) and 64x12 (the crop); each really runs on CPU
+    assert _real(model, 24, 8)[0] and _real(model, 64, 12)[0]
+    assert_valid_for(model, [(24, 8), (64, 12)], capture="aten")
+    with pytest.raises(AssertionError, match="raises 'too small'"):
+        assert_valid_for(model, [(8, 8)], capture="aten")
+    assert not _real(model, 8, 8)[0]
