@@ -56,7 +56,7 @@ class Piece:
     def region_text(self) -> str:
         """The region in words: per symbol when its guards are (``H = 32k from 32, W not a multiple of 32``)."""
         if self.pointwise:
-            return ", ".join(f"{s} = {v}" for s, v in self.example.items())
+            return ", ".join(f"{s} = {v}" for s, v in self.example.items()) or "this size"
         if self.condition is sympy.true:
             return "every size"
         symbols = sorted(self.condition.free_symbols, key=str)
@@ -142,6 +142,10 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
         max_captures=max_captures or regions.MAX_CAPTURES, max_seconds=max_seconds or regions.MAX_SECONDS,
         progress=progress)
     running = exploration.running
+    if not running and not symbols:
+        raised = exploration.captures[0].raised
+        who = "torch" if raised.origin == "size" else "the model"
+        raise SizeError(f"{who} raises at this size ({raised.location}): {raised.message}")
     if not running:
         raised = "; ".join(_piece(c).describe() for c in exploration.captures)
         raise SizeError(f"the model ran at none of the {len(exploration.captures)} sizes captured ({raised})")

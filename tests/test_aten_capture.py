@@ -76,6 +76,9 @@ def test_bundled_models_give_the_same_answers_through_both_front_ends(name):
     assert sorted(m.aligned for m in aten.merges) == sorted(m.aligned for m in fx.merges)
     assert sorted(str(r.aligned) for r in aten.resamples) == sorted(str(r.aligned) for r in fx.resamples)
     assert aten.pieces_complete is True and len(aten.pieces) == 1 and aten.pieces[0].runs
+    # the output's coordinate map and receptive field (tests/test_receptive_field.py holds fx's to autograd)
+    for mine, theirs in zip(aten.outputs["output"].geometry, fx.outputs["output"].geometry):
+        assert (mine.scale, mine.shift, mine.rf) == (theirs.scale, theirs.shift, theirs.rf)
     # and both are torch's: the output at sizes of every residue the domain keeps, on meta
     sizes = [n for n in range(1, 90) if n in fx.domain.sets[h]][::7]
     assert len(sizes) >= 8
@@ -145,7 +148,7 @@ def test_pieces_of_shape_dependent_python_match_cpu_forward_passes():
     assert checked == 276 and not mismatches, mismatches[:5]
     # two graphs run (with and without the crop): the valid sizes are their union, per symbol
     assert sum(p.runs for p in analysis.pieces) == 2
-    assert analysis.valid_sizes("H").describe("H") == "H = 8k from 16"
+    assert analysis.valid_sizes("H").describe("H") == "H = 8k from 16; never for H not a multiple of 8"
     assert "raises 'too small'" in analysis.validity_sentence()
 
 
@@ -189,8 +192,8 @@ def test_smp_fpn_reads_as_the_divisibility_smp_enforces():
     model, analysis = _fpn()
     h, w = analysis.symbols
     assert analysis.pieces_complete is True
-    assert analysis.valid_sizes("H").describe("H") == "H = 32k from 32"
-    assert analysis.valid_sizes("W").describe("W") == "W = 32k from 32"
+    assert analysis.valid_sizes("H").describe("H") == "H = 32k from 32; never for H not a multiple of 32"
+    assert analysis.valid_sizes("W").describe("W") == "W = 32k from 32; never for W not a multiple of 32"
     assert {h: 32, w: 32} not in analysis.domain and {h: 32, w: 64} in analysis.domain
     sentence = analysis.validity_sentence()
     assert "segmentation_models_pytorch/base/model.py:" in sentence and "divisible by 32" in sentence

@@ -621,8 +621,7 @@ class PeriodicSet:
             text = ", ".join(f"from {lo}" + ("" if hi is None else f" to {hi}") for lo, hi in ranges)
             clauses.append(f"{symbol} = {self.period}k + {r} {text}" if r else f"{symbol} = {self.period}k {text}")
         excluded = [r for r, c in enumerate(self.classes) if not c]
-        # with one class kept its clause already says everything else is excluded
-        tail = f"; never for {_residues_phrase(symbol, self.period, excluded)}" if excluded and len(clauses) > 1 else ""
+        tail = f"; never for {_residues_phrase(symbol, self.period, excluded)}" if excluded else ""
         return "; ".join(clauses) + tail
 
     def as_data(self) -> dict:
@@ -650,11 +649,10 @@ def _residues_phrase(symbol: str, period: int, residues: list[int]) -> str:
             return f"{symbol} a multiple of {d}" if r == 0 else f"{symbol} = {d}k + {r}"
     kept = [r for r in range(period) if r not in set(residues)]
     if len(residues) > period // 2 and kept:
-        # every class but a few: say which are kept ("H not a multiple of 32")
+        # every class but the multiples of a divisor: "H not a multiple of 32"
         kept_phrase = _residues_phrase(symbol, period, kept)
-        if " mod " not in kept_phrase:
-            return "not " + kept_phrase if kept_phrase.startswith(("odd", "even")) else \
-                kept_phrase.replace(" a multiple of", " not a multiple of").replace(" = ", " != ", 1)
+        if kept_phrase.endswith(" a multiple of " + kept_phrase.rsplit(" ", 1)[-1]) and " mod " not in kept_phrase:
+            return kept_phrase.replace(" a multiple of", " not a multiple of")
     return f"{symbol} mod {period} in {{{', '.join(map(str, residues))}}}"
 
 
