@@ -10,7 +10,7 @@ import dataclasses
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import sympy
 import torch
@@ -205,8 +205,8 @@ CAPTURES = ("fx", "aten", "auto")
 
 def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optional[int] = None, batch: int = 1,
             name: Optional[str] = None, leaf: Sequence = (), concrete_args: Optional[Mapping[str, Any]] = None,
-            capture: str = "fx", max_captures: Optional[int] = None, max_seconds: Optional[float] = None
-            ) -> Analysis:
+            capture: str = "fx", max_captures: Optional[int] = None, max_seconds: Optional[float] = None,
+            progress: Optional[Callable[[str], None]] = None) -> Analysis:
     """Trace ``model`` and derive, for the input spec (``"H"``, ``"HxW"``,
     ``"512x384"``), every layer's spatial sizes, the crop offsets, the output
     sizes and the exact set of valid input sizes.  ``leaf`` (module classes,
@@ -218,14 +218,15 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     domain becomes piecewise, each region of the size space mapped to a
     graph or to the model's own exception, exploring at most
     ``max_captures`` captures and ``max_seconds``), or ``"auto"`` (fx, and
-    the ATen front end where fx cannot trace the model faithfully)."""
+    the ATen front end where fx cannot trace the model faithfully).
+    ``progress`` receives a line per ATen capture (``capturing at 224x223``)."""
     name = name or type(model).__name__
     spec = parse_input_spec(input) if isinstance(input, str) else input
     if capture not in CAPTURES:
         raise ValueError(f"capture={capture!r}: use one of {', '.join(CAPTURES)}")
     if capture == "aten":
         return _analyze_aten(model, spec, channels=channels, batch=batch, name=name, max_captures=max_captures,
-                             max_seconds=max_seconds)
+                             max_seconds=max_seconds, progress=progress)
     try:
         return _analyze_fx(model, spec, channels=channels, batch=batch, name=name, leaf=leaf,
                            concrete_args=concrete_args)
@@ -235,7 +236,7 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
         why = f"torch.fx could not be used ({fx_error.reason})"
     try:
         analysis = _analyze_aten(model, spec, channels=channels, batch=batch, name=name, max_captures=max_captures,
-                                 max_seconds=max_seconds)
+                                 max_seconds=max_seconds, progress=progress)
     except ShapecalcError as aten_error:
         from shapecalc.aten_analysis import copy_error
         raise copy_error(aten_error, f"{aten_error.reason}; {why}") from aten_error
@@ -326,12 +327,12 @@ def _check_at_valid_sizes(model, graph_module, domain: Domain, spec: InputSpec, 
     check_fidelity(model, graph_module, channels=channels, dimensions=len(spec.sizes), sizes=sizes, batch=batch)
 
 
-def _analyze_aten(model: nn.Module, spec: InputSpec, *, channels, batch, name, max_captures, max_seconds
-                  ) -> Analysis:
+def _analyze_aten(model: nn.Module, spec: InputSpec, *, channels, batch, name, max_captures, max_seconds,
+                  progress=None) -> Analysis:
     from shapecalc import aten_analysis
     try:
         return aten_analysis.analyze_aten(model, spec, channels=channels, batch=batch, name=name,
-                                       max_captures=max_captures, max_seconds=max_seconds)
+                                       max_captures=max_captures, max_seconds=max_seconds, progress=progress)
     except ShapecalcError as error:
         raise _with_context(error, name, spec) from error
 

@@ -136,7 +136,8 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
             found.stopped_by = "time"
             break
         if progress is not None:
-            progress("capturing at " + "x".join(str(point[s]) for s in symbols) if symbols else "capturing")
+            progress(f"ATen capture {len(found.captures) + 1} at " + ", ".join(f"{s}={point[s]}" for s in symbols)
+                     if symbols else "ATen capture at the given size")
         result = capture(model, tuple(symbols), point, channels=channels, batch=batch, sizes=sizes)
         tried.append(point)
         found.captures.append(result)
