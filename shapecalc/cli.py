@@ -154,9 +154,9 @@ def _analysis(args):
 
     _freeze_loaded_objects(args)
 
-    with _user_output_to_stderr():
+    with _user_output_to_stderr(), _capture_progress(args) as progress:
         model = load_model(args.model, model_args)
-        return analyze(model, spec, channels=args.channels, name=args.model, **_capture(args))
+        return analyze(model, spec, channels=args.channels, name=args.model, progress=progress, **_capture(args))
 
 
 def _freeze_loaded_objects(args) -> None:
@@ -171,6 +171,24 @@ def _freeze_loaded_objects(args) -> None:
         import gc
 
         gc.freeze()
+
+
+@contextlib.contextmanager
+def _capture_progress(args, console=None):
+    """With the ATen front end on a terminal: a transient status line on
+    stderr per capture (``capturing at 224x223``), since exploring takes
+    seconds; yields the callback for analyze(progress=), or None."""
+    if getattr(args, "capture", "fx") == "fx":
+        yield None
+        return
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with console.status("ATen capture") as status:
+        yield lambda line: status.update(f"ATen capture: {line}")
 
 
 def _user_output_to_stderr():
@@ -254,10 +272,10 @@ def _cost(args) -> int:
     from shapecalc.output.cost_report import cost_markdown, cost_table, cost_to_json
     from shapecalc.capture.trace import load_model
 
-    with _user_output_to_stderr():
+    with _user_output_to_stderr(), _capture_progress(args) as progress:
         model = load_model(args.model, model_args)
-        result = cost(analyze(model, spec, channels=args.channels, name=args.model, **_capture(args)), model,
-                      dtype=args.dtype)
+        result = cost(analyze(model, spec, channels=args.channels, name=args.model, progress=progress,
+                              **_capture(args)), model, dtype=args.dtype)
     if args.format == "json":
         print(json.dumps(cost_to_json(result), indent=2))
     elif args.format == "markdown":

@@ -1057,3 +1057,22 @@ def test_docs_with_the_aten_front_end_writes_pages_that_check_up_to_date(even_on
     (out_dir / "EvenOnly.md").write_text(page + "edited\n")
     code, out, _ = run(["docs", even_only, "--out", str(out_dir), "--capture", "aten", "--check"], capsys)
     assert code == 1 and out.splitlines()[-1].endswith(f"--out {out_dir} --capture aten")
+
+
+def test_capture_progress_is_a_status_line_on_a_terminal_only():
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from shapecalc.cli import _capture_progress
+
+    aten, fx = argparse.Namespace(capture="aten"), argparse.Namespace(capture="fx")
+    with _capture_progress(fx) as progress:
+        assert progress is None
+    with _capture_progress(aten, Console(file=io.StringIO())) as progress:  # a file or a pipe: nothing
+        assert progress is None
+    screen = io.StringIO()
+    with _capture_progress(aten, Console(file=screen, force_terminal=True, width=60)) as progress:
+        progress("capturing at 224x223")
+    assert "capturing at 224x223" in screen.getvalue()
