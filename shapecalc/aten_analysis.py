@@ -101,7 +101,8 @@ def _set_phrase(allowed, symbol: str) -> Optional[str]:
     if allowed.period > 1 and whole_classes:
         from shapecalc.engine.domain import _residues_phrase
         return _residues_phrase(symbol, allowed.period, kept)
-    return allowed.describe(symbol)
+    # a piece names where it is: what lies outside is other pieces', not "never"
+    return allowed.describe(symbol).split("; never for")[0]
 
 
 def _first_module_with(model: nn.Module, attribute: str):
