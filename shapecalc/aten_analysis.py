@@ -105,14 +105,6 @@ def _set_phrase(allowed, symbol: str) -> Optional[str]:
     return allowed.describe(symbol).split("; never for")[0]
 
 
-def _first_module_with(model: nn.Module, attribute: str):
-    for module in model.modules():
-        value = getattr(module, attribute, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return module, value
-    return None, None
-
-
 def model_channels(model: nn.Module) -> Optional[int]:
     """The input channels of the first layer that reads channels, in module order."""
     for module in model.modules():

@@ -7,11 +7,13 @@ the negated guards (not at random) until every size is in some region, or a
 bound on captures or time stops it; then :class:`Exploration` says which part
 of the size space is unexplored, never presenting a partial map as complete.
 
-Regions are boxes when every guard is on one symbol (``H % 32 == 0``,
-``H > 100``): a per-symbol :class:`PeriodicSet` each, decided exactly.  Whether
-the boxes cover everything is decided on the atoms of each symbol's sets
-(the pieces of the size line every box's set either holds or misses whole), so
-``H % 32 == 0`` and ``H % 32 != 0`` cover the line with no sampling.
+Each region is decided exactly by the domain machinery into cells (per-symbol
+:class:`PeriodicSet` s; guards on one symbol like ``H % 32 == 0`` and joint ones
+like instance norm's ``H*W != 1``).  Whether the cells cover everything is
+decided on the atoms of each symbol's line (the pieces every cell's set
+either holds or misses whole), so ``H % 32 == 0`` and ``H % 32 != 0`` cover the
+line with no sampling.  Exploration goes to the uncovered atom nearest the
+example size; sizes chosen so come from the negated guards, never at random.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Callable, Optional
 import sympy
 
 from shapecalc.capture.aten import AtenCapture, capture
-from shapecalc.engine.domain import Domain, PeriodicSet, Requirement, condition_set
+from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
 
 #: default bounds on exploration (``--max-captures``, ``--max-seconds``)
 MAX_CAPTURES = 16
@@ -68,22 +70,6 @@ class Exploration:
         count = len(self.unexplored)
         return (f"{count} of the {self.pieces_of_space} pieces the guards seen cut the size space into, "
                 f"e.g. where {shown}") if count > 1 else f"where {shown}"
-
-
-def _box(condition_list, symbols) -> Optional[dict]:
-    """A region as a per-symbol PeriodicSet, or None when a guard ties symbols."""
-    box = {s: PeriodicSet.everything() for s in symbols}
-    for condition in condition_list:
-        free = condition.free_symbols & set(symbols)
-        if len(free) > 1:
-            return None
-        if not free:
-            if condition is sympy.false:
-                return {s: PeriodicSet.at_least(None) for s in symbols}
-            continue
-        (symbol,) = free
-        box[symbol] = box[symbol].intersection(condition_set(condition, symbol))
-    return box
 
 
 #: atoms per symbol beyond which coverage is left undecided

@@ -13,6 +13,7 @@ captures every test model and fails on an op without a rule here.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import sympy
@@ -69,7 +70,10 @@ def aten_convolution(ctx, x, weight, bias, stride, padding, dilation, transposed
         return _transposed(ctx, x, nd, int(weight.shape[1]) * int(groups), kernel, stride, padding, dilation,
                            output_padding)
     _channels(ctx, x, int(weight.shape[1]) * int(groups), "conv")
-    return _conv(ctx, x, nd, int(weight.shape[0]), kernel, stride, padding, dilation)
+    # torch convolves the last nd axes whatever shapecalc marked spatial (SwinUNETR's
+    # convolutions read images rebuilt by view/permute, which carry no marks)
+    return _on_last_axes(ctx, x, nd, "convolution",
+                         lambda t: _conv(ctx, t, nd, int(weight.shape[0]), kernel, stride, padding, dilation))
 
 
 def _adaptive_average_sampling(node, graph_module, count: int) -> Sampling:
@@ -160,7 +164,8 @@ _UNARY = (
     "div.Scalar", "rsub.Scalar", "prelu", "_prelu_kernel", "glu_jvp", "copy", "copy_", "masked_fill.Scalar",
     "masked_fill_.Scalar", "_log_softmax_backward_data", "sign", "logical_not", "bitwise_not", "round", "floor",
     "ceil", "trunc", "sin", "cos", "expm1", "log1p", "hardshrink", "softshrink", "threshold", "celu", "selu",
-    "alpha_dropout", "feature_dropout", "feature_alpha_dropout",
+    "alpha_dropout", "feature_dropout", "feature_alpha_dropout", "_safe_softmax", "fill_.Tensor", "fill.Tensor",
+    "fill.Scalar",
 )
 
 
@@ -175,11 +180,20 @@ def aten_native_dropout(ctx, x, p, train):
     return x, SymbolicTensor(x.shape, x.spatial, x.geometry, "bool")
 
 
-def _per_channel_stats(x: SymbolicTensor, training: bool):
+def _per_channel_stats(x: SymbolicTensor, computed: bool, device: str = "meta"):
     """batch norm's saved mean and inverse std: one per channel when the
-    statistics are computed, empty when the running ones are used."""
-    count = x.shape[1] if training and x.ndim > 1 else sympy.Integer(0)
+    statistics are computed; when the running ones are used, torch's
+    decomposition (native_batch_norm_helper in torch/_decomp) saves the
+    running statistics themselves, except on the CPU, where it saves empty
+    tensors (regnet_y_400mf, built on the CPU, records (0,))."""
+    count = x.shape[1] if (computed or device != "cpu") and x.ndim > 1 else sympy.Integer(0)
     return SymbolicTensor((count,))
+
+
+def _input_device(ctx) -> str:
+    """The device of the node's first argument as torch recorded it."""
+    value = getattr(ctx.node.args[0], "meta", {}).get("val") if ctx.node.args else None
+    return value.device.type if isinstance(value, torch.Tensor) else "meta"
 
 
 def _batch_norm_channels(ctx, x, weight, running_mean):
@@ -193,8 +207,8 @@ def _batch_norm_channels(ctx, x, weight, running_mean):
 def aten_batch_norm_inference(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
     x = _expect_tensor(x, "batch_norm")
     _batch_norm_channels(ctx, x, weight, running_mean)
-    # its meta kernel keeps one saved statistic per channel even without computing them
-    return x, _per_channel_stats(x, True), _per_channel_stats(x, True)
+    stats = _per_channel_stats(x, False, _input_device(ctx))
+    return x, stats, stats
 
 
 @rule(*aten("_native_batch_norm_legit", "native_batch_norm", "_native_batch_norm_legit_functional"),
@@ -208,7 +222,11 @@ def aten_batch_norm(ctx, x, weight, bias, running_mean, running_var, training=Fa
         values = sympy.Mul(*(s for i, s in enumerate(x.shape) if i != 1))
         ctx.require(sympy.Gt(values, 1), f"batch norm in training needs more than one value per channel "
                                          f"(got {format_expr(values)})")
-    stats = _per_channel_stats(x, bool(training))
+    # without running statistics (no_stats) they are computed whether training or not
+    stats = _per_channel_stats(x, bool(training) or running_mean is None, _input_device(ctx))
+    if ctx.node.target._schema.name == "aten::_native_batch_norm_legit_functional":
+        # the functional form also returns the updated running statistics
+        return x, stats, stats, running_mean, running_var
     return x, stats, stats
 
 
@@ -233,12 +251,6 @@ def aten_group_norm(ctx, x, weight, bias, batch, channels, spatial, groups, eps)
 
 # ---------------------------------------------------------------------------
 # merges
-
-def _tensor_or_number(ctx, a, b, combine):
-    if isinstance(a, SymbolicTensor) and isinstance(b, SymbolicTensor):
-        return merges.elementwise(ctx, a, b)
-    return combine(ctx, a, b)
-
 
 _BROADCAST = ("add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor",
               "div_.Tensor", "div.Tensor_mode", "maximum", "minimum", "pow.Tensor_Tensor", "where.self", "eq.Tensor",
@@ -286,6 +298,28 @@ def aten_stack(ctx, tensors, dim=0):
 
 # ---------------------------------------------------------------------------
 # indexing
+
+def _rounded_ratio(value, up: bool):
+    """math.ceil / math.floor of a size ratio (timm's pad_same: ``math.ceil(ih / s)``)
+    in shapecalc's exact floor form: ceil(n/q) = -floor(-n/q)."""
+    from shapecalc.engine.symbolic import floordiv
+    if isinstance(value, (int, float)):
+        return (math.ceil if up else math.floor)(value)
+    numerator, denominator = sympy.fraction(sympy.together(as_expr(value)))
+    if up:
+        return -floordiv(-numerator, denominator)
+    return floordiv(numerator, denominator)
+
+
+@rule(math.ceil)
+def python_ceil(ctx, value):
+    return _rounded_ratio(value, up=True)
+
+
+@rule(math.floor)
+def python_floor(ctx, value):
+    return _rounded_ratio(value, up=False)
+
 
 @rule(*aten("sym_size.int"))
 def aten_size(ctx, x, dim):
@@ -396,6 +430,60 @@ def aten_reduction(ctx, x, dim=None, keepdim=False, *args, **kwargs):
 def aten_expand(ctx, x, size, implicit=False):
     from shapecalc.engine.rules import copies
     return copies.expand(ctx, x, list(size))
+
+
+_COMPARE_WITH_NUMBER = ("eq.Scalar", "ne.Scalar", "lt.Scalar", "le.Scalar", "gt.Scalar", "ge.Scalar")
+
+
+@rule(*aten(*_COMPARE_WITH_NUMBER), keeps_channels=True)
+def aten_compare_with_number(ctx, x, other):
+    # a tensor against a number: the tensor's shape, as a mask
+    x = _expect_tensor(x, "comparison")
+    return SymbolicTensor(x.shape, x.spatial, x.geometry, "bool")
+
+
+@rule(*aten("repeat"))
+def aten_repeat(ctx, x, repeats):
+    from shapecalc.engine.rules import copies
+    return copies.repeat(ctx, x, list(repeats))
+
+
+@rule(*aten("roll"))
+def aten_roll(ctx, x, shifts, dims=()):
+    from shapecalc.engine.rules import copies
+    return copies.roll(ctx, x, list(shifts), list(dims))
+
+
+def _index_dtype(tensor, node) -> object:
+    """An index tensor with the dtype torch recorded for it (views of a buffer
+    lose the dtype shapecalc read from the buffer; the graph keeps it)."""
+    import dataclasses
+    value = getattr(node, "meta", {}).get("val")
+    if not isinstance(tensor, SymbolicTensor) or tensor.dtype_kind is not None or not isinstance(value, torch.Tensor):
+        return tensor
+    kind = "bool" if value.dtype == torch.bool else "floating" if value.is_floating_point() else "integer"
+    return dataclasses.replace(tensor, dtype_kind=kind)
+
+
+@rule(*aten("index.Tensor"))
+def aten_index(ctx, x, indices):
+    from shapecalc.engine.rules.advanced_indexing import advanced_index
+    x = _expect_tensor(x, "index")
+    # aten's None entries are the full slices between (or before) the index tensors
+    nodes = ctx.node.args[1] if len(ctx.node.args) > 1 else [None] * len(indices)
+    items = [slice(None) if i is None else _index_dtype(i, n) for i, n in zip(indices, nodes)]
+    return advanced_index(ctx, x, items, indexing._index_tensor)
+
+
+@rule(*aten("as_strided", "as_strided_"))
+def aten_as_strided(ctx, x, size, stride, storage_offset=None):
+    x = _expect_tensor(x, "as_strided")
+    shape = tuple(as_expr(s) for s in size)
+    # a restride to the tensor's own shape (adaptive_avg_pool2d's decomposition
+    # fixing the memory format) keeps its axes; any other is a new view
+    if len(shape) == x.ndim and all(ctx.always(eq(a, b)) for a, b in zip(shape, x.shape)):
+        return x
+    return SymbolicTensor(shape)
 
 
 @rule(*aten("addmm"))
