@@ -211,6 +211,14 @@ def aten_batch_norm_inference(ctx, x, weight, bias, running_mean, running_var, m
     return x, stats, stats
 
 
+@rule(*aten("shapecalc::batch_norm"), keeps_channels=True)
+def aten_recorded_batch_norm(ctx, x, weight, bias, running_mean, running_var, eps):
+    """Inference batch norm recorded whole (capture/aten.py): shaped like its input."""
+    x = _expect_tensor(x, "batch_norm")
+    _batch_norm_channels(ctx, x, weight, running_mean)
+    return x
+
+
 @rule(*aten("_native_batch_norm_legit", "native_batch_norm", "_native_batch_norm_legit_functional"),
       keeps_channels=True)
 def aten_batch_norm(ctx, x, weight, bias, running_mean, running_var, training=False, momentum=0.1, eps=1e-5):
@@ -420,7 +428,8 @@ def aten_mean(ctx, x, dim=None, keepdim=False, *, dtype=None):
 def aten_reduction(ctx, x, dim=None, keepdim=False, *args, **kwargs):
     name = ctx.node.target._schema.name
     if name in ("aten::var", "aten::std", "aten::var_mean"):
-        keepdim = kwargs.get("keepdim", False)
+        # keepdim is keyword-only there: bound by name above when given (a False default would drop it)
+        keepdim = kwargs.get("keepdim", keepdim)
     dim = None if dim in (None, [], ()) else dim
     result = reshaping._reduce(ctx, x, dim, bool(keepdim), nonempty=name in ("aten::amax", "aten::amin"))
     return (result, result) if name == "aten::var_mean" else result
