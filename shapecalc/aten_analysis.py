@@ -212,25 +212,40 @@ def _simplify_on_residues(graph_module, domain: Domain, symbols) -> None:
             classes[s] = (reduced.period, kept[0])
     if not classes:
         return
+    memo: dict = {}  # pointwise ops pass the same expressions on: each is rewritten once
     for node in graph_module.graph.nodes:
         value = node.meta.get(META_KEY)
         if isinstance(value, SymbolicTensor):
-            node.meta[META_KEY] = _replace_shape(value, classes)
+            node.meta[META_KEY] = _replace_shape(value, classes, memo)
         elif isinstance(value, tuple) and not hasattr(value, "_fields"):
-            node.meta[META_KEY] = tuple(_replace_shape(v, classes) if isinstance(v, SymbolicTensor) else v
+            node.meta[META_KEY] = tuple(_replace_shape(v, classes, memo) if isinstance(v, SymbolicTensor) else v
                                         for v in value)
 
 
-def _replace_shape(value: SymbolicTensor, classes: dict) -> SymbolicTensor:
-    shape = tuple(_on_class(size, classes) for size in value.shape)
-    return dataclasses.replace(value, shape=shape) if shape != value.shape else value
+def _replace_shape(value: SymbolicTensor, classes: dict, memo: dict) -> SymbolicTensor:
+    def on_class(expr):
+        if expr not in memo:
+            memo[expr] = _on_class(expr, classes)
+        return memo[expr]
+
+    shape = tuple(on_class(size) for size in value.shape)
+    # the coordinate maps too: the audits decide their conditions residue class by
+    # residue class, and a map written for the class has no period left to split on
+    geometry = tuple(None if g is None else dataclasses.replace(
+        g, scale=on_class(g.scale), shift=on_class(g.shift), rf=on_class(g.rf))
+        for g in value.geometry)
+    if shape == value.shape and geometry == value.geometry:
+        return value
+    return dataclasses.replace(value, shape=shape, geometry=geometry)
 
 
 def _on_class(size, classes: dict):
     from shapecalc.engine.symbolic import FloorDiv, floordiv
     from shapecalc.engine.propagate import _size_form
-    if not isinstance(size, sympy.Basic) or not (size.free_symbols & set(classes)):
-        return size
+    if not isinstance(size, sympy.Basic) or not (size.free_symbols & set(classes)) or not size.has(FloorDiv):
+        return size  # only floors can fold on a residue class
+    if size.has(sympy.Max, sympy.Min) or sympy.count_ops(size) > 60:
+        return size  # a receptive field's nest of maxima: seconds of sympy for a display form
     steps = {s: sympy.Symbol(f"_k_{s}", integer=True, nonnegative=True) for s in classes}
 
     def rebuilt(expr):
@@ -248,7 +263,10 @@ def _on_class(size, classes: dict):
     # the rewrite must agree with the original on the class (checked at a few members)
     for k in range(1, 4):
         point = {s: p * k + r for s, (p, r) in classes.items()}
-        if evaluate(back, point) != evaluate(size, point):
+        try:
+            if evaluate(back, point) != evaluate(size, point):
+                return size
+        except (ArithmeticError, TypeError, ValueError):  # not defined there: keep the form it had
             return size
     return back
 
