@@ -115,6 +115,29 @@ def model_channels(model: nn.Module) -> Optional[int]:
     return None
 
 
+#: attributes where models keep the image size they were built for (MONAI UNETR, timm and torchvision ViTs)
+_SIZE_ATTRIBUTES = ("img_size", "image_size", "input_size")
+
+
+def _example(model: nn.Module, spec: InputSpec) -> Optional[dict]:
+    """The first capture's sizes: the image size the model says it was built
+    for, if it says one, else None (regions.EXAMPLE_SIZE per symbol)."""
+    if not spec.symbols:
+        return None
+    for owner in (model, *list(model.children())[:3]):
+        for name in _SIZE_ATTRIBUTES:
+            value = getattr(owner, name, None)
+            sizes = value if isinstance(value, (tuple, list)) else (value,) * len(spec.sizes)
+            if len(sizes) == len(spec.sizes) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                     for v in sizes):
+                example = {}
+                for axis_size, value in zip(spec.sizes, sizes):
+                    if axis_size.is_Symbol:
+                        example.setdefault(axis_size, int(value))
+                return example
+    return None
+
+
 def model_rank(model: nn.Module) -> Optional[int]:
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
@@ -131,7 +154,7 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
     channel_count = channels or model_channels(model) or 3
     symbols = spec.symbols
     exploration = regions.explore(
-        model, symbols, spec.sizes, channels=channel_count, batch=batch,
+        model, symbols, spec.sizes, channels=channel_count, batch=batch, example=_example(model, spec),
         max_captures=max_captures or regions.MAX_CAPTURES, max_seconds=max_seconds or regions.MAX_SECONDS,
         progress=progress)
     running = exploration.running

@@ -134,10 +134,23 @@ def explore(model, symbols: tuple, sizes: tuple, *, channels: int, batch: int = 
         found.complete = verdict
         if verdict is True:
             break
+        if result.pointwise and not found.running:
+            # torch's own size check failed and nothing ran yet: the neighbours of a size
+            # that is too small (or not the one fixed size) fail too; try the usual sizes
+            point = next((p for p in _usual_sizes(symbols) if p not in tried
+                          and not any(c.contains(p) for c in found.captures)), point)
         if point is None or point in tried:
             point = _next_by_scanning(found.captures, symbols, example, tried)
     found.seconds = time.perf_counter() - started
     return found
+
+
+#: sizes models are usually built for, tried when the example fails torch's own size checks
+USUAL_SIZES = (256, 128, 64, 512, 96, 32, 384, 160, 192, 320, 448, 16, 640, 768, 1024)
+
+
+def _usual_sizes(symbols):
+    return ({s: n for s in symbols} for n in USUAL_SIZES)
 
 
 def _uncovered(captures: list[AtenCapture], symbols, near: dict, found: Optional["Exploration"] = None
