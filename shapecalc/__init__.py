@@ -28,7 +28,7 @@ _EXPORTS = {
     # for rule authors: shapecalc/extend.py
     "rule": ".extend", "unregister": ".extend", "rule_scope": ".extend", "tracing": ".extend",
     "RuleContext": ".extend", "with_spatial_sizes": ".extend", "window_geometry": ".extend",
-    "ceildiv": ".extend", "floordiv": ".extend", "floor_of": ".extend",
+    "ceildiv": ".extend", "floordiv": ".extend", "floor_of": ".extend", "aten": ".extend",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from shapecalc.engine.domain import PeriodicSet
     from shapecalc.answers.sizes import SizeFailure, SizesReport, explain_failure, sizes_report
     from shapecalc.answers.export_spec import ExportSpec, export_spec
-    from shapecalc.extend import (RuleContext, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
+    from shapecalc.extend import (RuleContext, aten, ceildiv, floor_of, floordiv, rule, rule_scope, tracing, unregister,
                          window_geometry, with_spatial_sizes)
     from shapecalc.audits.geometry import CropAlignment, MergeAlignment
     from shapecalc.audits.resampling import ResampleAlignment

@@ -63,7 +63,19 @@ def _key_text(key) -> str:
     return _rules.key_name(key) if isinstance(key, (str, type)) or callable(key) else repr(key)
 
 
+def aten(*names: str) -> tuple:
+    """Rule keys for ops of ATen graphs (``analyze(capture="aten")``):
+    ``@shapecalc.rule(*shapecalc.aten("mylib::blur", "repeat"))``; a name without
+    ``::`` is an ``aten::`` op, with ``.overload`` one overload only."""
+    for name in names:
+        if not isinstance(name, str) or not name.replace("::", ".").replace("_", "").replace(".", "").isalnum():
+            raise InputSpecError(f"aten op name {name!r}: use 'name', 'name.overload' or 'namespace::name'")
+    return _rules.aten(*names)
+
+
 def _check_key(key) -> None:
+    if isinstance(key, _rules.AtenOp):
+        return
     if isinstance(key, str):
         if not key.isidentifier():
             raise InputSpecError(f"rule key {key!r} is not a tensor method name")

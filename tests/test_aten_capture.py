@@ -291,3 +291,29 @@ def test_assert_valid_for_follows_the_pieces():
     with pytest.raises(AssertionError, match="raises 'too small'"):
         assert_valid_for(model, [(8, 8)], capture="aten")
     assert not _real(model, 8, 8)[0]
+
+
+def test_a_wrong_rule_is_caught_by_torchs_own_sizes():
+    """A rule one pixel off makes torch's recorded size disagree at the example: an error, never a number."""
+    import shapecalc
+    from shapecalc.aten_analysis import DisagreementError
+    from shapecalc.engine.rules.aten_ops import aten_convolution
+
+    with shapecalc.rule_scope():
+        @shapecalc.rule(*shapecalc.aten("convolution"), replace=True)
+        def off_by_one(ctx, *args):
+            out = aten_convolution(ctx, *args)
+            return out.with_spatial([n + 1 for n in out.spatial_sizes])
+
+        with pytest.raises(DisagreementError, match="torch records .* shapecalc computes"):
+            analyze(nn.Sequential(nn.Conv2d(3, 2, 3)), "H", capture="aten")
+
+
+def test_an_aten_op_without_a_rule_is_named_with_how_to_add_one():
+    from shapecalc import UnsupportedOpError, rule_scope, unregister, aten
+    with rule_scope():
+        unregister(*aten("convolution"))
+        with pytest.raises(UnsupportedOpError) as refused:
+            analyze(nn.Sequential(nn.Conv2d(3, 2, 3)), "H", capture="aten")
+    message = str(refused.value)
+    assert "aten::convolution" in message and "shapecalc.aten('convolution')" in message and "\n" not in message

@@ -191,6 +191,12 @@ class SizeInterpreter(torch.fx.Interpreter):
 
     def _apply(self, kind: str, key, args, kwargs, module=None):
         found = rules.lookup(kind, module if module is not None else key)
+        if found is None and isinstance(key, torch._ops.OpOverload):
+            name = key._schema.name.removeprefix("aten::")
+            raise UnsupportedOpError(
+                f"no size rule for the ATen op {key._schema.name}.{key._overloadname}; register one with "
+                f"@shapecalc.rule(*shapecalc.aten({name!r})) in your code, or add it to "
+                "shapecalc/engine/rules/aten_ops.py (docs/guide.md, 'Rules for your own layers and functions')")
         if found is None:
             raise UnsupportedOpError(
                 f"no size rule for {_describe_target(self._node, module)}; register one with "
