@@ -65,13 +65,14 @@ def aten_convolution(ctx, x, weight, bias, stride, padding, dilation, transposed
     x, weight = _expect_tensor(x, "convolution"), _expect_tensor(weight, "convolution weight")
     nd = weight.ndim - 2
     kernel = tuple(int(k) for k in weight.shape[2:])
-    if transposed:
-        _channels(ctx, x, int(weight.shape[0]), "conv_transpose")
-        return _transposed(ctx, x, nd, int(weight.shape[1]) * int(groups), kernel, stride, padding, dilation,
-                           output_padding)
-    _channels(ctx, x, int(weight.shape[1]) * int(groups), "conv")
     # torch convolves the last nd axes whatever shapecalc marked spatial (SwinUNETR's
     # convolutions read images rebuilt by view/permute, which carry no marks)
+    if transposed:
+        _channels(ctx, x, int(weight.shape[0]), "conv_transpose")
+        return _on_last_axes(ctx, x, nd, "conv_transpose",
+                             lambda t: _transposed(ctx, t, nd, int(weight.shape[1]) * int(groups), kernel, stride,
+                                                   padding, dilation, output_padding))
+    _channels(ctx, x, int(weight.shape[1]) * int(groups), "conv")
     return _on_last_axes(ctx, x, nd, "convolution",
                          lambda t: _conv(ctx, t, nd, int(weight.shape[0]), kernel, stride, padding, dilation))
 
@@ -264,7 +265,7 @@ _BROADCAST = ("add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Ten
               "div_.Tensor", "div.Tensor_mode", "maximum", "minimum", "pow.Tensor_Tensor", "where.self", "eq.Tensor",
               "ne.Tensor", "lt.Tensor", "le.Tensor", "gt.Tensor", "ge.Tensor", "logical_and", "logical_or",
               "atan2", "fmod.Tensor", "remainder.Tensor", "rsub.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
-              "hardtanh_backward", "threshold_backward", "sigmoid_backward")
+              "hardtanh_backward", "threshold_backward", "sigmoid_backward", "floor_divide")
 
 
 @rule(*aten(*_BROADCAST), merge="broadcast", keeps_channels=True)
@@ -485,7 +486,7 @@ def aten_index(ctx, x, indices):
 
 
 @rule(*aten("as_strided", "as_strided_"))
-def aten_as_strided(ctx, x, size, stride, storage_offset=None):
+def aten_as_strided(ctx, x, size, memory_strides, storage_offset=None):  # not a window's stride (tests/test_registry)
     x = _expect_tensor(x, "as_strided")
     shape = tuple(as_expr(s) for s in size)
     # a restride to the tensor's own shape (adaptive_avg_pool2d's decomposition
