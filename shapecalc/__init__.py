@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ShapecalcError": "._errors", "InputSpecError": "._errors", "ModelLoadError": "._errors",
-    "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors",
+    "TraceError": "._errors", "UnsupportedOpError": "._errors", "SizeError": "._errors", "DomainError": "._errors", "DisagreementError": "._errors",
     "Analysis": ".analysis", "Layer": ".analysis", "analyze": ".analysis",
     "Cost": ".answers.cost", "LayerCost": ".answers.cost", "cost": ".answers.cost",
     "PeriodicSet": ".engine.domain",
@@ -50,7 +50,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from shapecalc._errors import (DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
+    from shapecalc._errors import (DisagreementError, DomainError, InputSpecError, ModelLoadError, ShapecalcError, SizeError, TraceError,
                           UnsupportedOpError)
     from shapecalc.analysis import Analysis, Layer, analyze
     from shapecalc.answers.cost import Cost, LayerCost, cost

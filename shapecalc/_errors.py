@@ -122,3 +122,11 @@ class SizeError(ShapecalcError):
 
 class DomainError(ShapecalcError):
     """A condition that the exact domain procedure cannot decide."""
+
+
+class DisagreementError(ShapecalcError):
+    """shapecalc's size of an ATen node differs from the size torch recorded
+    while capturing it: a bug in a rule (or in the capture), reported
+    instead of printed."""
+
+    exit_code = 3

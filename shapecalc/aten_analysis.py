@@ -22,7 +22,7 @@ import sympy
 import torch
 import torch.nn as nn
 
-from shapecalc._errors import ShapecalcError, SizeError, TraceError
+from shapecalc._errors import DisagreementError, ShapecalcError, SizeError, TraceError
 from shapecalc.capture import regions
 from shapecalc.capture.aten import AtenCapture
 from shapecalc.capture.specs import InputSpec
@@ -30,11 +30,6 @@ from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
 from shapecalc.engine.propagate import META_KEY, SizeInterpreter
 from shapecalc.engine.symbolic import evaluate, format_expr
 from shapecalc.engine.tensors import SymbolicTensor
-
-
-class DisagreementError(ShapecalcError):
-    """shapecalc's size of an ATen node differs from the size torch recorded:
-    a bug in a rule (or in the capture), reported rather than printed."""
 
 
 @dataclass(frozen=True)
