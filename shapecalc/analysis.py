@@ -137,6 +137,9 @@ class Analysis:
             message = _common_message([p.message for p in raised])
             if origin == "size":
                 out.append(f"where {raised[0].region_text()}, torch raises {message!r}")
+            elif origin == "torch":
+                out.append(f"where {' or '.join(p.region_text() for p in raised)}, torch raises {message!r} "
+                           f"(called at {location})")
             else:
                 out.append(f"otherwise {location} raises {message!r}")
         if self.pieces and self.pieces_complete is not True:

@@ -41,7 +41,7 @@ class Piece:
     example: dict                    # the size it was captured at
     message: str = ""                # the model's exception, when it raises
     location: str = ""               # where it raised, or the guards' lines
-    origin: str = ""                 # "model", "assert" or "size" (torch's own size check)
+    origin: str = ""                 # "model", "assert", "torch" (torch's Python on a branch) or "size" (its kernels)
     guards: tuple = ()               # the Guard objects behind ``condition``
     #: where it runs: the outputs of its graph (valid inside the region), as Analysis.outputs
     outputs: Optional[dict] = None

@@ -76,7 +76,7 @@ def _add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
                              "the size space mapped to a graph or to the model's own error) or auto (fx, and aten "
                              "where fx cannot trace the model)")
     parser.add_argument("--max-captures", type=_positive_int, default=None, metavar="N",
-                        help="with aten/auto: at most N captures while exploring regions (default: 16)")
+                        help="with aten/auto: at most N captures while exploring regions (default: 32)")
     parser.add_argument("--max-seconds", type=_positive_float, default=None, metavar="S",
                         help="with aten/auto: stop exploring regions after S seconds (default: 120)")
     parser.add_argument("--leaf", action="append", default=[], metavar="package.module:Name",

@@ -317,3 +317,36 @@ def test_an_aten_op_without_a_rule_is_named_with_how_to_add_one():
             analyze(nn.Sequential(nn.Conv2d(3, 2, 3)), "H", capture="aten")
     message = str(refused.value)
     assert "aten::convolution" in message and "shapecalc.aten('convolution')" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_monai_basic_unet_is_mapped_completely_for_square_inputs():
+    """MONAI's UpCat pads by one where a skip is odd (a parity branch at each of four levels, the
+    branches torch.fx silently drops), and its instance norms refuse a 1x1 map: 16 running regions
+    of H and five where torch raises, every size decided, against meta forward passes."""
+    zoo_setup = pytest.importorskip("zoo_setup")
+    try:
+        zoo_setup.import_zoo()
+    except ImportError as error:
+        pytest.skip(f"zoo extra not installed ({error})")
+    model = load_model("monai.networks.nets:BasicUNet", {"features": (8, 8, 16, 16, 32, 8), "spatial_dims": 2,
+                                                         "in_channels": 1, "out_channels": 2})
+    analysis = analyze(model, "H", capture="aten")
+    (h,) = analysis.symbols
+    assert analysis.pieces_complete is True and sum(p.runs for p in analysis.pieces) == 16
+    mismatches = []
+    for n in [*range(1, 40), 47, 63, 64, 65, 97, 100, 127]:
+        try:
+            with torch.no_grad():
+                real = tuple(model(torch.empty(1, 1, n, n, device="meta")).shape)
+        except ValueError as error:
+            assert "Expected more than 1 spatial element" in str(error)
+            real = None
+        said = {h: n} in analysis.domain
+        if said != (real is not None):
+            mismatches.append(f"H={n}: torch {real}, shapecalc valid={said}")
+        elif real is not None:
+            predicted = _sizes(_piece_at(analysis, {h: n}).outputs["output"], {h: n})
+            if predicted != real:
+                mismatches.append(f"H={n}: torch {real}, shapecalc {predicted}")
+    assert not mismatches, mismatches[:5]

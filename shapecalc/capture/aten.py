@@ -31,6 +31,7 @@ import re
 import sys
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional
@@ -78,7 +79,9 @@ class ModelRaised:
     kind: str       # the exception's class name
     message: str    # first line, torch's symbols replaced by shapecalc's
     location: str   # where it was raised, "file.py:line"
-    origin: str     # MODEL, ASSERT, or "size" for torch's own size checks
+    origin: str     # MODEL, ASSERT, TORCH_PATH (torch's Python raised on a guarded branch) or "size"
+    #: the file the exception left Python from (torch's own code for a size check)
+    raised_in: str = ""
 
 
 @dataclass
@@ -356,6 +359,11 @@ def capture(model: nn.Module, symbols: tuple, example: dict, *, channels: int, b
         _drop_aliases(graph_module)
     asserted = {k: v for mode in modes for k, v in mode.asserted.items()}
     guards = _model_guards(shape_env, torch_symbols, asserted)
+    if raised is not None and raised.origin == "size" and guards and guards[-1].origin == TORCH_PATH and \
+            guards[-1].location.rsplit(":", 1)[0] == _short_location(raised.raised_in, 0).rsplit(":", 1)[0]:
+        # torch's Python (F.instance_norm's "more than 1 spatial element") raised right after
+        # a branch on a guarded size: every size of the region takes that branch and raises
+        raised = dataclasses.replace(raised, origin=TORCH_PATH)
     torch_example = {s: int(example[k]) for k, s in torch_symbols.items()}
     return AtenCapture(dict(example), graph_module, guards, raised, seconds, torch_symbols, torch_example)
 
@@ -469,7 +477,8 @@ def _classify_exception(error: BaseException, torch_symbols: dict) -> ModelRaise
         return ModelRaised(type(error).__name__, message, _short_location(where.filename, where.lineno), ASSERT)
     if isinstance(error, (RuntimeError, ValueError, IndexError)) and innermost is not None:
         where = model_frames[-1] if model_frames else innermost
-        return ModelRaised(type(error).__name__, message, _short_location(where.filename, where.lineno), "size")
+        return ModelRaised(type(error).__name__, message, _short_location(where.filename, where.lineno), "size",
+                           innermost.filename)
     raise UnsupportedOpError(f"the ATen capture failed ({type(error).__name__}: {message})") from error
 
 

@@ -30,7 +30,7 @@ from shapecalc.capture.aten import AtenCapture, capture
 from shapecalc.engine.domain import Domain, PeriodicSet, Requirement
 
 #: default bounds on exploration (``--max-captures``, ``--max-seconds``)
-MAX_CAPTURES = 16
+MAX_CAPTURES = 32
 MAX_SECONDS = 120.0
 #: how far from the example the search for a size outside the known regions looks
 SEARCH_SPAN = 1024
