@@ -920,22 +920,7 @@ def test_capture_auto_keeps_fx_where_fx_traces(capsys):
     assert data["capture"] == "fx" and data["pieces"] == [] and data["layers"][1]["module"] == "conv1_1"
 
 
-EVEN_ONLY = textwrap.dedent("""
-    import torch.nn as nn
-
-
-    class EvenOnly(nn.Module):
-        # Python that looks at a size: torch.fx cannot trace it
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-
-        def forward(self, x):
-            if x.shape[-1] % 2:
-                raise ValueError("the input size must be even")
-            return self.pool(self.conv(x))
-""")
+from model_sources import EVEN_ONLY  # noqa: E402  (shared with test_json_contract.py)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import torch
 import torch.fx
 from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
+from model_sources import EVEN_ONLY
 from shapecalc import load_model
 from shapecalc.cli import main
 
@@ -88,26 +89,13 @@ MODELS_SOURCE = textwrap.dedent('''
 
         def forward(self, x):
             return self.pool(self.conv(x))
-
-
-    class EvenOnly(nn.Module):
-        # Python that looks at a size: torch.fx cannot trace it, the ATen front end splits H in two pieces
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-
-        def forward(self, x):
-            if x.shape[-1] % 2:
-                raise ValueError("the input size must be even")
-            return self.pool(self.conv(x))
 ''')
 
 
 @pytest.fixture(scope="module")
 def models_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("contract") / "contract_models.py"
-    path.write_text(MODELS_SOURCE)
+    path.write_text(MODELS_SOURCE + EVEN_ONLY)
     return path
 
 
