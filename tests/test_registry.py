@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 import shapecalc
 from shapecalc.engine import rules
 from shapecalc._selftest import op_cases
-from shapecalc._selftest.op_cases import OP_CASES
+from shapecalc._selftest.op_cases import OP_CASES, aten_binary_call, aten_calls, aten_op
 from shapecalc.engine.symbolic import evaluate
 from shapecalc.capture.trace import spatial_dimensions_and_channels
 from test_geometry import centroid, run
@@ -54,16 +54,53 @@ def _misaligned_merge(key, kind: str) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(nn.Module(), graph)
 
 
+class _AtenMisalignedMerge(nn.Module):
+    """An ATen merge op on two crops of the input one row apart (as
+    :func:`_misaligned_merge`), for the ATen capture to record."""
+
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+        # where.self's condition: a constant, so the merge's positioned inputs are the two crops
+        self.register_buffer("condition", torch.ones((), dtype=torch.bool))
+
+    def forward(self, x):
+        late, early = x[:, :, 1:], x[:, :, :-1]
+        if self.key.name.split(".")[0].endswith("_"):
+            late = late.clone()  # in place: not on a view of the input
+        kind, op = rules.RULES[self.key].merge, aten_op(self.key)
+        if kind != "broadcast":
+            return op([late, early], 1)
+        if self.key.name == "aten::where.self":
+            return op(self.condition, late, early)
+        return aten_binary_call(self.key)(late, early)
+
+
+def _floating_source(graph_module, name: str, values) -> str:
+    """``name``, or the node it casts or copies: a boolean operand's float
+    source, an in-place op's copy (its value is overwritten by the op)."""
+    node = next(n for n in graph_module.graph.nodes if n.name == name)
+    while not values[node.name].is_floating_point() or node.target is torch.ops.aten.clone.default:
+        node = node.args[0]
+    return node.name
+
+
 @pytest.mark.parametrize("key", MERGE_KEYS, ids=_ids(MERGE_KEYS))
 def test_every_merge_rule_is_audited_and_its_shift_is_torchs(key):
-    graph_module = _misaligned_merge(key, rules.RULES[key].merge)
-    analysis = shapecalc.analyze(graph_module, "H")
+    if isinstance(key, rules.AtenOp):
+        # an AtenOp key is no callable for an fx node: the ATen capture of a module calling it
+        analysis = shapecalc.analyze(_AtenMisalignedMerge(key), "H", channels=3, capture="aten")
+        assert aten_calls(analysis.graph_module, key), f"the capture does not call {key.name}"
+        graph_module = analysis.graph_module
+    else:
+        graph_module = _misaligned_merge(key, rules.RULES[key].merge)
+        analysis = shapecalc.analyze(graph_module, "H")
     (merge,) = analysis.merges
     # torch: where the two inputs' pixels sit, by autograd
     x = (0.5 + torch.rand(1, 3, 12, 12, dtype=torch.float64)).requires_grad_()
     recorder = Recorder(graph_module)
     recorder.run(x)
-    first, second = merge.inputs
+    first, second = [_floating_source(graph_module, n, recorder.values) for n in dict.fromkeys(merge.inputs)]
     measured = centroid(recorder.values[second], x, 4) - centroid(recorder.values[first], x, 4)
     assert measured == pytest.approx(-1.0)
     assert merge.aligned is False and merge.shift[0] == round(measured)
@@ -96,11 +133,69 @@ def test_binary_tensor_cases_are_merge_rules():
     assert not missing, f"binary tensor ops without merge=: {missing}"
 
 
+class _TwoTensors(nn.Module):
+    def __init__(self, call):
+        super().__init__()
+        self.call = call
+
+    def forward(self, x):
+        return self.call(x, x.amax(2, keepdim=True))
+
+
+#: the fx binary cases' tensor functions, and the concatenations
+_TWO_TENSOR_CALLS = sorted({f for f in op_cases._BINARY if callable(f)} | {torch.cat, torch.stack}, key=str)
+
+
+@pytest.mark.parametrize("call", _TWO_TENSOR_CALLS, ids=_ids(_TWO_TENSOR_CALLS))
+def test_aten_ops_combining_two_positioned_tensors_are_merge_rules(call):
+    # the ATen side of the check above: whatever ATen op a two-tensor call is
+    # recorded as, an op reading two tensors with spatial axes (torch's own
+    # recorded shapes) is one the merge audit sees
+    if call in (torch.cat, torch.stack):
+        module = _TwoTensors(lambda a, b: call([a, b.expand_as(a)], 1))
+    else:
+        module = _TwoTensors(call)
+    graph_module = shapecalc.analyze(module, "H", channels=2, capture="aten").graph_module
+    combining = []
+    for node in graph_module.graph.nodes:
+        operands = [a for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)
+                    and a.meta["val"].dim() > 2]
+        if node.op == "call_function" and len(operands) > 1:
+            combining.append(node)
+    assert combining, f"{rules.key_name(call)}: no ATen op reads both tensors:\n{graph_module.graph}"
+    not_merges = [str(n.target) for n in combining if rules.node_rule(n, graph_module).merge is None]
+    assert not not_merges, f"{rules.key_name(call)} is recorded as {not_merges}, ops without merge="
+
+
+FX_ONLY_ATEN = [key for key in rules.RULES if isinstance(key, rules.AtenOp) and op_cases.never_captured(key)]
+
+
+@pytest.mark.parametrize("key", FX_ONLY_ATEN, ids=_ids(FX_ONLY_ATEN))
+def test_aten_keys_checked_on_fx_graphs_are_never_captured(key):
+    # an AtenOp key whose case is an fx graph (op_cases.never_captured) must
+    # really be one the ATen capture does not record: its case's module,
+    # captured, calls something else (or cannot be captured at all)
+    @settings(max_examples=1, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=OP_CASES[key]())
+    def check(case):
+        assert case.capture == "fx"
+        spec = {1: "H", 2: "HxW", 3: "DxHxW"}[case.dims]
+        try:
+            graph_module = shapecalc.analyze(case.module, spec, channels=case.channels, capture="aten").graph_module
+        except shapecalc.ShapecalcError:
+            return
+        assert not aten_calls(graph_module, key), f"{case!r}: the ATen capture records {key.name}: give it an ATen case"
+
+    check()
+
+
 # ---------------------------------------------------------------------------
 # resamplers
 
 
 def _calls(graph_module, key) -> list[torch.fx.Node]:
+    if isinstance(key, rules.AtenOp):
+        return aten_calls(graph_module, key)
     found = rules.RULES[key]
     return [n for n in graph_module.graph.nodes if rules.node_rule(n, graph_module) is found
             and (n.target is key or n.target == key if n.op != "call_module"
@@ -114,11 +209,17 @@ def test_every_resampler_is_audited(key):
     def check(case):
         sizes = "x".join(["12"] * case.dims)
         try:
-            analysis = shapecalc.analyze(case.module, sizes, channels=case.channels)
+            analysis = shapecalc.analyze(case.module, sizes, channels=case.channels, capture=case.capture)
         except shapecalc.ShapecalcError:
             return  # a drawn case torch refuses at this size: nothing sampled
-        called = {n.name for n in _calls(analysis.graph_module, key)}
-        assert called, f"{case!r} does not call {rules.key_name(key)}"
+        calls = _calls(analysis.graph_module, key)
+        assert calls, f"{case!r} does not call {rules.key_name(key)}"
+        if isinstance(key, rules.AtenOp):
+            # an ATen op may resample only in some calls (mean.dim: over every spatial axis, kept)
+            calls = [n for n in calls if rules.RULES[key].resample(n, analysis.graph_module, case.dims) is not None]
+            if not calls:
+                return
+        called = {n.name for n in calls}
         assert called <= {r.name for r in analysis.resamples}, f"{case!r}: {called} not audited"
         audited.append(case)
 
@@ -161,9 +262,15 @@ def test_spatial_rank_is_the_cases_rank(key):
     @settings(max_examples=2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=OP_CASES[key]())
     def check(case):
-        graph_module = case.module if isinstance(case.module, torch.fx.GraphModule) \
-            else torch.fx.symbolic_trace(case.module)
-        for node in _calls(graph_module, key):
+        if case.capture == "aten":
+            spec = {1: "H", 2: "HxW", 3: "DxHxW"}[case.dims]  # symbolic: a kernel larger than 12 still captures
+            graph_module = shapecalc.analyze(case.module, spec, channels=case.channels, capture="aten").graph_module
+        else:
+            graph_module = case.module if isinstance(case.module, torch.fx.GraphModule) \
+                else torch.fx.symbolic_trace(case.module)
+        calls = _calls(graph_module, key)
+        assert calls, f"{case!r} does not call {rules.key_name(key)}"
+        for node in calls:
             subject = graph_module.get_submodule(node.target) if node.op == "call_module" else node
             rank = rules.RULES[key].rank_of(subject)
             assert rank in (None, case.dims), f"{case!r}: rank {rank}"

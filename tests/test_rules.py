@@ -6,7 +6,9 @@ a symbolic input, and compares every node's predicted shape (and every size
 value) with a real forward pass at drawn sizes.  The domain is checked both
 ways: where torch raises the engine must exclude the size, where torch runs it
 must include it; a concrete-size analysis must agree and raise ``SizeError``
-exactly when torch raises.  Focused tests then pin the size facts of
+exactly when torch raises.  An AtenOp key's case is analysed with
+``capture="aten"`` and its captured ATen graph itself is run on CPU tensors
+(every ATen node's size, the domain against the module).  Focused tests then pin the size facts of
 docs/GEOMETRY against torch on brute-force grids (meta tensors).
 """
 
@@ -28,9 +30,9 @@ from hypothesis.errors import InvalidArgument
 from shapecalc import SizeError, UnsupportedOpError, analyze, size_symbol
 from shapecalc.engine import rules
 from shapecalc.engine.propagate import META_KEY
-from shapecalc._selftest.op_cases import OP_CASES, OpCase
+from shapecalc._selftest.op_cases import OP_CASES, OpCase, aten_calls, aten_matches
 from shapecalc.strategies import conv_layers, input_sizes, pool_layers, resampling_layers, transposed_conv_layers
-from shapecalc.engine.symbolic import evaluate
+from shapecalc.engine.symbolic import evaluate, format_expr
 from shapecalc.engine.tensors import SymbolicTensor
 from shapecalc.verify import size_analysis
 
@@ -53,6 +55,17 @@ EXAMPLES = {
     "layer_norm": 8, "group_norm": 6, "instance_norm": 6,
 }
 DEFAULT_EXAMPLES = 3
+# ATen cases cost a capture each (~0.05-0.3 s): rules shared by many keys
+# (every unary op, every broadcasting one) get one or two examples per key,
+# the window and reshaping families a few more.
+ATEN_EXAMPLES = {
+    "aten_convolution": 12, "aten_max_pool_with_indices": 8, "aten_average_pool": 8,
+    "aten_adaptive_average_pool": 5, "aten_adaptive_max_pool": 5, "aten_interpolate": 12, "aten_slice": 10,
+    "aten_view": 5, "aten_permute": 4, "aten_transpose": 4, "aten_squeeze": 4, "aten_reduction": 3, "aten_mean": 5,
+    "aten_cat": 6, "aten_stack": 5, "aten_split": 4, "aten_constant_pad": 8, "aten_mode_pad": 4,
+    "aten_shape_preserving": 1, "aten_elementwise": 2, "aten_three_way": 2, "aten_new_tensor": 2,
+}
+DEFAULT_ATEN_EXAMPLES = 3
 
 
 # ---------------------------------------------------------------------------
@@ -106,7 +119,8 @@ def node_key(node: torch.fx.Node, graph_module):
 
 def same_key(a, b) -> bool:
     # a key by qualified name (a library shapecalc does not import) matches its function
-    return a is b or (isinstance(a, str) and a == b) or (isinstance(b, rules.QualifiedName) and rules.registry._qualified(a) == b)
+    return a is b or (isinstance(a, str) and a == b) or (isinstance(b, rules.QualifiedName) and rules.registry._qualified(a) == b) \
+        or aten_matches(a, b)
 
 
 # ---------------------------------------------------------------------------
@@ -198,6 +212,123 @@ def cross_check(case: OpCase, data) -> None:
             assert_same(graph_values(concrete.graph_module)[name], value, {}, f"{case!r} at {sizes} (concrete), node {name}")
 
 
+def _is_transposed_conv(node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "_schema", None) is not None \
+        and node.target._schema.name == "aten::convolution" and bool(node.args[6])
+
+
+class _ShapeRecorder(_Recorder):
+    """Keeps each tensor's shape as the node left it (a meta tensor): an
+    in-place op on a later node (unsqueeze_, as_strided_) must not change
+    what an earlier node is compared with."""
+
+    def run_node(self, n):
+        value = super().run_node(n)
+        self.values[n.name] = _snapshot(value)
+        return value
+
+
+def _snapshot(value):
+    if isinstance(value, torch.Tensor):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, (tuple, list)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+def aten_torch_values(graph_module, channels: int, sizes: tuple):
+    """Every node's value when the captured ATen graph itself runs on a real
+    CPU tensor (an fx.Interpreter over torch's own kernels), or what it raised."""
+    recorder = _ShapeRecorder(graph_module)
+    try:
+        with torch.no_grad():
+            recorder.run(torch.randn(1, channels, *sizes))
+    except Exception as error:  # noqa: BLE001 - any torch failure is a size verdict
+        return error
+    for node in graph_module.graph.nodes:
+        # as for the fx cases: the reference transposed-conv kernel rejects an empty output
+        if _is_transposed_conv(node) and recorder.values[node.name].numel() == 0:
+            return RuntimeError(f"{node.name}: empty transposed-conv output (the reference kernel rejects it)")
+    return recorder.values
+
+
+def module_runs(module, channels: int, sizes: tuple) -> bool:
+    try:
+        with torch.no_grad():
+            module(torch.randn(1, channels, *sizes))
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+#: captures per ATen analysis in the cross-check: a region where torch
+#: raises may take several; sizes left unexplored are not compared
+ATEN_CAPTURES = 4
+
+
+def _holds(condition, env) -> bool:
+    return bool(sympy.sympify(condition).subs(env))
+
+
+def aten_cross_check(case: OpCase, data) -> None:
+    """An ATen case: analyse with the ATen front end, then compare every ATen
+    node's size and the domain with the captured graph run on CPU tensors."""
+    module, dims = case.module, case.dims
+    symbols = [size_symbol(s) for s in SPECS[dims].split("x")]
+    analysis = analyze(module, SPECS[dims], channels=case.channels, capture="aten", max_captures=ATEN_CAPTURES)
+    graph_module = analysis.graph_module
+    assert aten_calls(graph_module, case.key), \
+        f"{case!r}: the ATen capture never calls {rules.key_name(case.key)}:\n{graph_module.graph}"
+    symbolic = graph_values(graph_module)
+    # the graph is the model inside its capture's region (where the code's decisions on sizes go the same way)
+    graph_piece = next(p for p in analysis.pieces if p.runs)
+
+    probes = data.draw(st.lists(st.tuples(*[axis_sizes(dims)] * dims), min_size=3, max_size=4), label="sizes")
+    try:
+        probes.append(data.draw(st.tuples(*[input_sizes(analysis, str(s), max_value=LARGEST[dims])
+                                            for s in analysis.symbols]), label="valid sizes"))
+    except InvalidArgument:
+        pass  # no valid size that small
+    for sizes in probes:
+        env = dict(zip(symbols, sizes))
+        piece = next((p for p in analysis.pieces if _holds(p.condition, env)), None)
+        if piece is None:
+            # outside every explored region: the analysis claims nothing there (its notes say so)
+            assert analysis.pieces_complete is not True, f"{case!r} at {sizes}: in no piece of a complete analysis"
+            continue
+        accepted = engine_accepts(analysis, env)
+        if piece is not graph_piece:
+            # another region: only the verdict is compared, with the module itself
+            torch_ran = module_runs(module, case.channels, sizes)
+            assert accepted == torch_ran, (f"{case!r} at {sizes} (region {format_expr(piece.condition)}): torch "
+                                           f"{'runs' if torch_ran else 'raises'}, engine {'accepts' if accepted else 'excludes'}")
+            continue
+        # the verdict is the module's (its Python may check sizes the ATen op does not, as
+        # F.batch_norm's "more than 1 value per channel"); the sizes are the graph's nodes'
+        real = aten_torch_values(graph_module, case.channels, sizes)
+        torch_ran = module_runs(module, case.channels, sizes) and not isinstance(real, Exception)
+        assert accepted == torch_ran, (
+            f"{case!r} at {sizes}: torch {'runs' if torch_ran else 'raises'} (the graph: "
+            f"{'runs' if not isinstance(real, Exception) else f'raises {real!r}'}), "
+            f"engine domain {'includes' if accepted else 'excludes'} it ({analysis.validity_sentence()})")
+        if torch_ran:
+            for name, value in real.items():
+                assert_same(symbolic[name], value, env, f"{case!r} at {sizes}, node {name}")
+    # one concrete-size capture (each costs a capture): it must raise SizeError exactly where torch raises
+    sizes = probes[-1]
+    torch_ran = module_runs(module, case.channels, sizes)
+    try:
+        concrete = analyze(module, concrete_spec(sizes), channels=case.channels, capture="aten", max_captures=1)
+    except SizeError as error:
+        assert not torch_ran, f"{case!r} at {sizes}: concrete analysis raises {error} but torch runs"
+        return
+    assert torch_ran, f"{case!r} at {sizes}: torch raises, the concrete analysis does not"
+    real = aten_torch_values(concrete.graph_module, case.channels, sizes)
+    assert not isinstance(real, Exception), f"{case!r} at {sizes}: the concrete capture's graph raises {real!r}"
+    for name, value in real.items():
+        assert_same(graph_values(concrete.graph_module)[name], value, {}, f"{case!r} at {sizes} (concrete), node {name}")
+
+
 # ---------------------------------------------------------------------------
 # the registry walk
 
@@ -216,12 +347,18 @@ KEYS = list(rules.RULES)
 def test_rule_matches_torch(key):
     if key == "cuda" and not torch.cuda.is_available():
         pytest.skip("Tensor.cuda needs a CUDA device")
-    examples = EXAMPLES.get(rules.RULES[key].name, DEFAULT_EXAMPLES)
+    name = rules.RULES[key].name
+    examples = ATEN_EXAMPLES.get(name, DEFAULT_ATEN_EXAMPLES) if isinstance(key, rules.AtenOp) \
+        else EXAMPLES.get(name, DEFAULT_EXAMPLES)
 
     @settings(max_examples=examples)
     @given(case=OP_CASES[key](), data=st.data())
     def check(case, data):
-        cross_check(case, data)
+        assert case.key == key, f"{case!r} is a case of another key"
+        if case.capture == "aten":
+            aten_cross_check(case, data)
+        else:
+            cross_check(case, data)
 
     check()
 

@@ -1,5 +1,7 @@
 """Cross-check cases: for every key of the rule registry, a strategy of small
-modules whose fx graph calls exactly that key (:data:`OP_CASES`).
+modules whose fx graph calls exactly that key (:data:`OP_CASES`); for an
+AtenOp key, modules whose ATen capture calls it (``OpCase.capture == "aten"``,
+see the ATen section at the end).
 
 tests/test_rules.py analyses each drawn case and compares every node's size
 and the valid domain with real CPU forward passes; tests/test_registry.py
@@ -10,6 +12,7 @@ here.  Not public API: this is shapecalc's own test harness.
 from __future__ import annotations
 import builtins
 import functools
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,7 +29,7 @@ from shapecalc.strategies import DYADIC_SCALE_FACTORS, _MAXPOOL, _RESAMPLING_MOD
 torch.fx.wrap("len")
 torch.fx.wrap("int")
 
-__all__ = ["OP_CASES", "OpCase"]
+__all__ = ["OP_CASES", "OpCase", "aten_calls", "aten_matches"]
 
 # ---------------------------------------------------------------------------
 # cross-check cases: one module per rule key
@@ -43,6 +46,9 @@ class OpCase:
     dims: int
     text: str
     needs_cuda: bool = False
+    #: the front end whose graph calls ``key``: "fx" (symbolic_trace) or
+    #: "aten" (``analyze(..., capture="aten")``, an AtenOp key)
+    capture: str = "fx"
 
     def __repr__(self) -> str:
         return f"OpCase({rules.key_name(self.key)}: {self.text}; channels={self.channels}, dims={self.dims})"
@@ -1579,3 +1585,737 @@ def _rearrange_cases(draw, key):
                           pre, {"op": layer})
     text = f"rearrange({_pre_text(pre)}, {pattern!r}, {lengths})"
     return _call_case(key, nd, c, lambda self, x: rearrange(x, pattern, **lengths), text, pre)  # noqa: F821
+
+
+# --- ATen ops (the ATen front end) -----------------------------------------------
+#
+# A case for an AtenOp key is a module whose *ATen capture* calls that op
+# (``analyze(module, ..., capture="aten")``): a layer where the layer is what
+# records it (nn.Conv2d for aten::convolution, nn.BatchNorm2d for batch norm),
+# else a direct ``torch.ops.aten`` call in the forward (make_fx records an op
+# with its own kernel as called).  Ops the capture can never record
+# (CompositeImplicitAutograd ones, decomposed before make_fx sees them, and
+# the aliases capture/aten.py drops) get an fx case calling the op: their
+# rule still runs on graphs that keep them (an fx graph, an exported one).
+# Case modules live on the CPU: the captured graph keeps their parameters,
+# and tests/test_rules.py runs that graph on real tensors.
+
+_A = torch.ops.aten
+
+
+def aten_op(key: rules.AtenOp):
+    """The OpOverload an AtenOp key names (its default overload when the key
+    names every overload)."""
+    namespace, _, rest = key.name.partition("::")
+    name, _, overload = rest.partition(".")
+    packet = getattr(getattr(torch.ops, namespace), name)
+    if overload or "default" in packet.overloads():
+        return getattr(packet, overload or "default")
+    # no default overload (aten::empty): the first one the registry looks up as this key
+    for overload in packet.overloads():
+        if rules.lookup("call_function", getattr(packet, overload)) is rules.RULES[key]:
+            return getattr(packet, overload)
+    raise AttributeError(f"{key.name}: no overload of the op is looked up as this key")
+
+
+def aten_matches(target, key) -> bool:
+    """Whether a graph node's target is looked up as ``key`` (the registry
+    tries ``aten::name.overload`` before ``aten::name``).  A Python function
+    key (``math.ceil``: make_fx records it on symbolic sizes) matches itself."""
+    if not isinstance(key, rules.AtenOp):
+        return target is key
+    return isinstance(target, torch._ops.OpOverload) and rules.lookup("call_function", target) is rules.RULES[key]
+
+
+def aten_calls(graph_module: torch.fx.GraphModule, key) -> list:
+    """The nodes of ``graph_module`` that call ``key``."""
+    return [n for n in graph_module.graph.nodes if n.op == "call_function" and aten_matches(n.target, key)]
+
+
+def never_captured(key: rules.AtenOp) -> str:
+    """Why the ATen capture never records ``key`` ("" when it can)."""
+    from shapecalc.capture import aten as capture_aten
+    try:
+        op = aten_op(key)
+    except (AttributeError, RuntimeError):
+        return "torch has no such op"
+    schema = op._schema.name
+    if schema in capture_aten._ALIASES:
+        return "capture/aten.py drops it"
+    if key.name in _RECORDED_OTHERWISE:
+        return _RECORDED_OTHERWISE[key.name]
+    if torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd") \
+            and schema not in ("aten::sym_size", "aten::sym_numel"):  # make_fx records reads of symbolic sizes
+        return "CompositeImplicitAutograd: decomposed before make_fx records it"
+    return ""
+
+
+#: ops with a kernel of their own that the capture still never records (measured)
+_RECORDED_OTHERWISE = {
+    "aten::hardshrink": "make_fx records its decomposition", "aten::softshrink": "make_fx records its decomposition",
+    "aten::native_batch_norm": "make_fx records _native_batch_norm_legit(_no_training)",
+    "aten::detach_": "make_fx records nothing for it", "aten::glu_jvp": "FakeTensor has no kernel for it",
+}
+
+
+def _aten_pre(dims: int):
+    """Nothing or a small pool in front of the op (its input is then a floor
+    expression, not the bare symbol).  No 1-d max pool: torch.max_pool1d's
+    capture guards the exact input length (one region per size)."""
+    return st.one_of(st.none(), pool_layers(dims, kinds=("avg",) if dims == 1 else ("max", "avg"), max_kernel_size=3,
+                                            max_stride=2))
+
+
+def _aten_case(key, dims, channels, function, text, pre=None, modules=None, tensors=None, train=False):
+    """An ATen case: ``forward(x) = function(self, pre(x))``.  A 1-d case
+    starts with a 1x1 Conv1d: the ATen front end reads a one-part input spec
+    (``"H"``) as 1-d only from the model's first convolution."""
+    modules = dict(modules or {})
+    if pre is not None:
+        modules["pre"] = pre
+    if dims == 1:
+        modules["rank"] = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x, function=function):
+        if dims == 1:
+            x = self.rank(x)
+        return function(self, self.pre(x) if pre is not None else x)
+
+    if pre is not None:
+        text = f"{text} with pre={pre!r}"
+    module = _Call(forward, text, modules, tensors).train(train)
+    return OpCase(key, module, channels, dims, text, capture="aten")
+
+
+def _fx_aten_case(key, dims, channels, function, text, pre=None, modules=None, tensors=None):
+    """A case for an op the ATen capture never records: an fx graph calling
+    the op (symbolic_trace records a ``torch.ops.aten`` call as a node)."""
+    return _call_case(key, dims, channels, function, f"{text} [fx: {never_captured(key)}]", pre or None, modules, tensors)
+
+
+def _aten_text(key, *args) -> str:
+    return f"{key.name}({', '.join(map(str, args))})"
+
+
+# windows
+
+
+@_cases(*rules.aten("convolution"))
+@st.composite
+def _aten_conv_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    layer = draw(st.one_of(conv_layers(nd, in_channels=c), transposed_conv_layers(nd, in_channels=c)))
+    pre = draw(_aten_pre(nd))
+    return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}(x)", pre, {"op": layer})
+
+
+@_cases(*rules.aten("max_pool2d_with_indices", "max_pool3d_with_indices", "avg_pool2d", "avg_pool3d"))
+@st.composite
+def _aten_pool_cases(draw, key):
+    (nd,) = _dims_of(key.name.removesuffix("_with_indices"))
+    c = draw(_channel_counts)
+    is_max = "max" in key.name
+    layer = draw(pool_layers(nd, kinds=("max",) if is_max else ("avg",)))
+    if is_max:
+        layer.return_indices = draw(st.booleans())
+    if not is_max and draw(st.booleans()):
+        layer.divisor_override = draw(st.integers(1, 3))
+    pre = draw(_aten_pre(nd))
+    return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}(x)", pre, {"op": layer})
+
+
+@_cases(*rules.aten("_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool3d"))
+@st.composite
+def _aten_adaptive_cases(draw, key):
+    (nd,) = _dims_of(key.name)
+    c = draw(_channel_counts)
+    # an all-ones average is recorded as mean.dim: the first axis gets at least 2
+    first = draw(st.integers(2, 6))
+    output_size = draw(st.one_of(st.just(first), st.tuples(st.just(first), *[st.one_of(st.integers(1, 6), st.none())] * (nd - 1))))
+    if "max" in key.name:
+        layer = {2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[nd](output_size, return_indices=draw(st.booleans()))
+    else:
+        layer = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[nd](output_size)
+    pre = draw(_aten_pre(nd))
+    return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}(x)", pre, {"op": layer})
+
+
+@_cases(*rules.aten("max_pool1d_with_indices", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d"))
+@st.composite
+def _aten_implicit_pool_cases(draw, key):
+    (nd,) = _dims_of(key.name.removesuffix("_with_indices"))
+    c = draw(_channel_counts)
+    is_max = "max" in key.name
+    kernel, stride, padding, dilation, ceil_mode = draw(_pool_parameters(nd, 4, 3, 2 if is_max else 1))
+    op, stride = aten_op(key), stride if stride is not None else []
+    if is_max:
+        call = lambda self, x: op(x, kernel, stride, padding, dilation, ceil_mode)  # noqa: E731
+    else:
+        call = lambda self, x: op(x, kernel, stride, padding, ceil_mode)  # noqa: E731
+    text = _aten_text(key, "x", kernel, stride, padding, dilation, ceil_mode)
+    return _fx_aten_case(key, nd, c, call, text, draw(_pre_layers(nd)))
+
+
+@_cases(*rules.aten("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d"))
+@st.composite
+def _aten_implicit_adaptive_cases(draw, key):
+    (nd,) = _dims_of(key.name)
+    c = draw(_channel_counts)
+    output_size = [draw(st.integers(1, 6)) for _ in range(nd)]
+    op = aten_op(key)
+    return _fx_aten_case(key, nd, c, lambda self, x: op(x, output_size), _aten_text(key, "x", output_size),
+                         draw(_pre_layers(nd)))
+
+
+# resampling
+
+
+@_cases(*rules.aten("shapecalc::interpolate"))
+@st.composite
+def _aten_interpolate_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    layer = draw(resampling_layers(nd, max_size=12))
+    pre = draw(_aten_pre(nd))
+    return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{layer!r}(x)", pre, {"op": layer})
+
+
+# shape-preserving ops
+
+
+def _bool(x):
+    return _A._to_copy.default(x, dtype=torch.bool)
+
+
+def _reduced(x):
+    """A tensor broadcasting to ``x``: its max over the first spatial axis."""
+    return _A.amax.default(x, [2], True)
+
+
+#: arguments after the tensor (in-place ops work on a copy of it)
+_UNARY_ARGUMENTS: dict[str, Callable] = {
+    "clamp": lambda x: (x, -0.5, 0.5), "clamp_": lambda x: (x, -0.5, 0.5), "clamp_min": lambda x: (x, 0.0),
+    "clamp_min_": lambda x: (x, 0.0), "clamp_max": lambda x: (x, 0.0), "clamp_max_": lambda x: (x, 0.0),
+    "pow.Tensor_Scalar": lambda x: (x, 2), "_softmax": lambda x: (x, 1, False), "_log_softmax": lambda x: (x, 1, False),
+    "softmax.int": lambda x: (x, 1), "log_softmax.int": lambda x: (x, 1), "_to_copy": lambda x: (x,),
+    "fill_.Scalar": lambda x: (x, 1.0), "bernoulli_.float": lambda x: (x, 0.5), "div_.Scalar": lambda x: (x, 2.0),
+    "mul_.Scalar": lambda x: (x, 2.0), "add_.Scalar": lambda x: (x, 2.0), "mul.Scalar": lambda x: (x, 2.0),
+    "add.Scalar": lambda x: (x, 2.0), "sub.Scalar": lambda x: (x, 2.0), "div.Scalar": lambda x: (x, 2.0),
+    "rsub.Scalar": lambda x: (x, 2.0), "copy": lambda x: (x, _reduced(x)), "copy_": lambda x: (x, _reduced(x)),
+    "masked_fill.Scalar": lambda x: (x, _bool(_reduced(x)), 0.0),
+    "masked_fill_.Scalar": lambda x: (x, _bool(_reduced(x)), 0.0),
+    "_log_softmax_backward_data": lambda x: (x, x, 1, torch.float32), "logical_not": lambda x: (x,),
+    "bitwise_not": lambda x: (_bool(x),), "threshold": lambda x: (x, 0.1, 0.0),
+    "dropout": lambda x: (x, 0.5, False), "alpha_dropout": lambda x: (x, 0.5, False),
+    "feature_dropout": lambda x: (x, 0.5, False), "feature_alpha_dropout": lambda x: (x, 0.5, False),
+    "glu_jvp": lambda x: (x[:, :1], x, x, 1), "native_dropout": lambda x: (x, 0.5, True),
+    "_safe_softmax": lambda x: (x, 1), "fill.Scalar": lambda x: (x, 1.0), "fill.Tensor": lambda x: (x, _A.mean.default(x)),
+    "fill_.Tensor": lambda x: (x, _A.mean.default(x)),
+}
+_IN_PLACE_SCALAR = {"fill_.Scalar", "fill_.Tensor", "zero_", "bernoulli_.float", "div_.Scalar", "mul_.Scalar", "add_.Scalar",
+                    "copy_", "masked_fill_.Scalar"}
+
+
+def _unary_keys():
+    return [key for key, found in rules.RULES.items() if isinstance(key, rules.AtenOp)
+            and found.name in ("aten_shape_preserving", "aten_native_dropout")]
+
+
+@_cases(*_unary_keys())
+@st.composite
+def _aten_unary_cases(draw, key):
+    short = key.name.removeprefix("aten::")
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = 2 if short == "glu_jvp" else draw(_channel_counts)
+    op = aten_op(key)
+    in_place = short in _IN_PLACE_SCALAR or short.split(".")[0].endswith("_")
+    arguments = _UNARY_ARGUMENTS.get(short, lambda x: (x,))
+    tensors = {}
+    if short in ("prelu", "_prelu_kernel"):
+        # prelu takes one weight per channel; its kernel, the weight already shaped to broadcast
+        tensors["weight"] = torch.rand(c) if short == "prelu" else torch.rand(c, *[1] * nd)
+        arguments = None
+
+    def body(self, x):
+        if in_place:
+            x = _A.clone.default(x)
+        if arguments is None:
+            return op(x, self.weight)
+        return op(*arguments(x))
+
+    text = _aten_text(key, "x.clone()" if in_place else "x")
+    if never_captured(key):
+        return _fx_aten_case(key, nd, c, body, text, draw(_pre_layers(nd)), tensors=tensors)
+    return _aten_case(key, nd, c, body, text, draw(_aten_pre(nd)), tensors=tensors)
+
+
+# normalisations
+
+
+def _norm_pre(dims: int):
+    """As :func:`_aten_pre`, none for 3-d: F.batch_norm / F.group_norm guard
+    "more than one value" on the product of the sizes, and after a 3-d pool
+    that guard makes the region exploration scan for seconds."""
+    return st.none() if dims == 3 else _aten_pre(dims)
+
+
+@_cases(*rules.aten("_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm",
+                    "_native_batch_norm_legit_functional", "shapecalc::batch_norm"))
+@st.composite
+def _aten_batch_norm_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_norm_pre(nd))
+    norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[nd](c)
+    short = key.name.removeprefix("aten::")
+    tensors = {"weight": torch.rand(c), "bias": torch.rand(c), "mean": torch.rand(c), "var": torch.rand(c) + 0.5}
+    if short in ("_native_batch_norm_legit_no_training", "shapecalc::batch_norm"):
+        # called directly: which of the two an nn.BatchNorm in eval() is recorded as is capture/aten.py's choice
+        op = aten_op(key)
+        arguments = (0.1, 1e-5) if short.startswith("_") else (1e-5,)
+        return _aten_case(key, nd, c, lambda self, x: op(x, self.weight, self.bias, self.mean, self.var, *arguments),
+                          _aten_text(key, "x", "weight", "bias", "mean", "var", *arguments), pre, tensors=tensors)
+    if short == "_native_batch_norm_legit":
+        if draw(st.booleans()):  # training with running statistics
+            return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{norm!r}.train()(x)", pre, {"op": norm},
+                              train=True)
+        return _aten_case(key, nd, c, lambda self, x: F.batch_norm(x, None, None, training=True),
+                          "F.batch_norm(x, None, None, training=True)", pre)
+    # the fx case trains: in inference the CPU kernel saves empty statistics, the meta one (what an
+    # fx graph without recorded devices is sized for) one per channel
+    training = True if never_captured(key) else draw(st.booleans())
+    op = aten_op(key)
+
+    def body(self, x):
+        if training:
+            # the rule states F.batch_norm's own check (more than one value per channel in training),
+            # which a direct call of the op skips: a batch of two stays clear of that difference
+            x = torch.cat([x, x])
+        return op(x, self.weight, self.bias, self.mean, self.var, training, 0.1, 1e-5)
+
+    text = _aten_text(key, "x", "weight", "bias", "mean", "var", training)
+    if never_captured(key):
+        return _fx_aten_case(key, nd, c, body, text, draw(_pre_layers(nd)), tensors=tensors)
+    return _aten_case(key, nd, c, body, text, pre, tensors=tensors)
+
+
+@_cases(*rules.aten("native_layer_norm", "native_group_norm"))
+@st.composite
+def _aten_other_norm_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    pre = draw(_norm_pre(nd))
+    if key.name == "aten::native_layer_norm":
+        c = draw(_channel_counts)
+        norm = nn.LayerNorm(c)
+        return _aten_case(key, nd, c, lambda self, x: self.op(x.movedim(1, -1)), f"{norm!r}(x.movedim(1, -1))", pre,
+                          {"op": norm})
+    c = draw(st.sampled_from((2, 3, 4)))
+    groups = draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+    norm = nn.GroupNorm(groups, c)
+    return _aten_case(key, nd, c, lambda self, x: self.op(x), f"{norm!r}(x)", pre, {"op": norm})
+
+
+# merges
+
+
+def _aten_merge_keys(kind: str):
+    return [key for key, found in rules.RULES.items() if isinstance(key, rules.AtenOp) and found.merge == kind]
+
+
+#: merge ops whose operands must be booleans (the cases cast both)
+_BOOLEAN_OPERANDS = {"aten::bitwise_and.Tensor", "aten::bitwise_or.Tensor"}
+
+
+def aten_binary_call(key) -> Callable:
+    """``call(a, b)``: ``key`` on two tensors of one shape or broadcasting ones."""
+    op, name = aten_op(key), key.name
+    if name in _BOOLEAN_OPERANDS:
+        return lambda a, b: op(_bool(a), _bool(b))
+    if name == "aten::where.self":
+        return lambda a, b: op(_bool(b), a, b)
+    if name == "aten::div.Tensor_mode":
+        return lambda a, b: op(a, b, rounding_mode="floor")
+    if name == "aten::hardtanh_backward":
+        return lambda a, b: op(a, b, -0.5, 0.5)
+    if name == "aten::threshold_backward":
+        return lambda a, b: op(a, b, 0.1)
+    if name in ("aten::addcmul", "aten::addcdiv"):
+        return lambda a, b: op(a, b, b)
+    if name == "aten::lerp.Scalar":
+        return lambda a, b: op(a, b, 0.25)
+    if name == "aten::lerp.Tensor":
+        return lambda a, b: op(a, b, b)
+    return op
+
+
+@_cases(*_aten_merge_keys("broadcast"))
+@st.composite
+def _aten_broadcast_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    call = aten_binary_call(key)
+    in_place = key.name.split(".")[0].endswith("_")
+    # operands: the tensor and its max over an axis (kept as 1), in either order, or a copy of it
+    form = draw(st.sampled_from(("reduced", "same") if in_place else ("reduced", "reduced first", "same")))
+    axis = draw(st.integers(1, nd + 1))
+
+    def body(self, x):
+        other = _A.amax.default(x, [axis], True) if form != "same" else _A.mul.Scalar(x, 0.5)
+        if in_place:
+            x = _A.clone.default(x)
+        return call(other, x) if form == "reduced first" else call(x, other)
+
+    text = {"reduced": f"{key.name}(x, x.amax({axis}, keepdim=True))",
+            "reduced first": f"{key.name}(x.amax({axis}, keepdim=True), x)", "same": f"{key.name}(x, x * 0.5)"}[form]
+    return _aten_case(key, nd, c, body, text, pre)
+
+
+@_cases(*_aten_merge_keys("concat"), *_aten_merge_keys("stack"))
+@st.composite
+def _aten_concatenation_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    if key.name == "aten::stack":
+        dim = draw(st.integers(-nd - 3, nd + 2))
+        return _aten_case(key, nd, c, lambda self, x: op([x, _A.mul.Scalar(x, 2.0)], dim),
+                          f"aten::stack([x, x * 2], {dim})", pre)
+    # along an axis the second tensor is a crop of the first (its other axes agree)
+    dim = draw(st.integers(0, nd + 1))
+    start = draw(st.integers(0, 3))
+    negative = draw(st.booleans())
+
+    def body(self, x):
+        return op([x, _A.slice.Tensor(x, dim, start)], dim - nd - 2 if negative else dim)
+
+    return _aten_case(key, nd, c, body, f"aten::cat([x, aten::slice(x, {dim}, {start})], {dim - nd - 2 if negative else dim})",
+                      pre)
+
+
+# indexing
+
+
+@_cases(*rules.aten("sym_size.int", "sym_numel"))
+@st.composite
+def _aten_size_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    if key.name == "aten::sym_numel":
+        return _aten_case(key, nd, c, lambda self, x: x.new_zeros(x.numel()), "x.new_zeros(x.numel())", pre)
+    axis = draw(st.integers(2, nd + 1))
+    divisor = draw(st.integers(1, 3))
+    return _aten_case(key, nd, c, lambda self, x: x.narrow(axis, 0, x.size(axis) // divisor),
+                      f"x.narrow({axis}, 0, x.size({axis}) // {divisor})", pre)
+
+
+def _aten_bound(draw):
+    return draw(st.one_of(st.none(), st.integers(-6, 6)))
+
+
+@_cases(*rules.aten("slice.Tensor", "select.int"))
+@st.composite
+def _aten_slice_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    dim = draw(st.integers(1, nd + 1))
+    if key.name == "aten::select.int":
+        index = draw(st.integers(-3, 2)) if dim > 1 else draw(st.integers(-c, c - 1))
+        return _aten_case(key, nd, c, lambda self, x: _A.select.int(x, dim, index), f"x.select({dim}, {index})", pre)
+    start, end = _aten_bound(draw), _aten_bound(draw)
+    if start is None and end is None:
+        start = draw(st.integers(1, 4))  # an open slice is recorded as nothing
+    step = draw(st.sampled_from((1, 1, 2, 3)))
+    index = (slice(None),) * dim + (slice(start, end, step),)
+    return _aten_case(key, nd, c, lambda self, x: x[index], f"x[{index}]", pre)
+
+
+@_cases(*rules.aten("split.Tensor", "split_with_sizes", "unbind.int", "chunk"))
+@st.composite
+def _aten_split_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    short = key.name.removeprefix("aten::")
+    dim = draw(st.integers(2, nd + 1))
+    if short == "unbind.int":
+        # over the channels: a spatial axis would give a graph per size
+        return _aten_case(key, nd, c, lambda self, x: x.unbind(1), "x.unbind(1)", pre)
+    if short == "split_with_sizes":
+        first = draw(st.integers(0, 4))
+        return _aten_case(key, nd, c, lambda self, x: x.split([first, x.size(dim) - first], dim),
+                          f"x.split([{first}, x.size({dim}) - {first}], {dim})", pre)
+    size = draw(st.integers(1, 4))
+    dim = 1  # pieces of a spatial axis: their number depends on the size (the rule refuses it)
+    if short == "chunk":
+        return _fx_aten_case(key, nd, c, lambda self, x: _A.chunk.default(x, size, dim), _aten_text(key, "x", size, dim),
+                             draw(_pre_layers(nd)))
+    return _aten_case(key, nd, c, lambda self, x: x.split(size, dim), f"x.split({size}, {dim})", pre)
+
+
+# reshaping
+
+
+@_cases(*rules.aten("view", "_unsafe_view", "reshape", "view_copy"))
+@st.composite
+def _aten_view_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    shape = draw(st.sampled_from(([1, -1], [-1], [1, c, -1], [c, -1, 1], [-1, 2])))
+    text = _aten_text(key, "x", shape)
+    if key.name == "aten::reshape":
+        return _fx_aten_case(key, nd, c, lambda self, x: op(x, shape), text, draw(_pre_layers(nd)))
+    return _aten_case(key, nd, c, lambda self, x: op(x, shape), text, pre)
+
+
+@_cases(*rules.aten("permute", "permute_copy", "transpose.int", "transpose_", "t"))
+@st.composite
+def _aten_reorder_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    short = key.name.removeprefix("aten::")
+    if short.startswith("permute"):
+        dims = draw(st.permutations(range(nd + 2)))
+        dims = [d - nd - 2 if draw(st.booleans()) else d for d in dims]
+        return _aten_case(key, nd, c, lambda self, x: op(x, dims), _aten_text(key, "x", dims), pre)
+    if short == "t":
+        return _aten_case(key, nd, c, lambda self, x: op(x.flatten(1)), "aten::t(x.flatten(1))", pre)
+    a, b = draw(st.integers(-nd - 2, nd + 1)), draw(st.integers(-nd - 2, nd + 1))
+    body = (lambda self, x: op(_A.clone.default(x), a, b)) if short == "transpose_" else (lambda self, x: op(x, a, b))
+    return _aten_case(key, nd, c, body, _aten_text(key, "x", a, b), pre)
+
+
+@_cases(*rules.aten("unsqueeze", "unsqueeze_", "squeeze.dim", "squeeze.dims", "squeeze", "squeeze_.dim"))
+@st.composite
+def _aten_rank_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    short = key.name.removeprefix("aten::")
+    in_place = short.split(".")[0].endswith("_")
+    if short.startswith("unsqueeze"):
+        dim = draw(st.integers(-nd - 3, nd + 2))
+        arguments = (dim,)
+    elif short == "squeeze":
+        arguments = ()
+    # a max over spatial axes keeps them as 1: something to squeeze besides the batch.  Only
+    # axes of known length are squeezed: the rank after squeezing a symbolic axis is not one
+    # number (the rule refuses it)
+    keep = [2] if draw(st.booleans()) else []
+    if short == "squeeze":
+        keep = list(range(2, nd + 2))
+    known = st.sampled_from([0, 1, -nd - 2, -nd - 1] + ([2, -nd] if keep else []))
+    if short == "squeeze.dims":
+        arguments = (sorted(set(draw(st.lists(known, min_size=1, max_size=3)))),)
+    elif short != "squeeze" and not short.startswith("unsqueeze"):
+        arguments = (draw(known),)
+
+    def body(self, x):
+        x = _A.amax.default(x, keep, True) if keep else x
+        return op(_A.clone.default(x) if in_place else x, *arguments)
+
+    source = f"x.amax({keep}, keepdim=True)" if keep else "x"
+    return _aten_case(key, nd, c, body, _aten_text(key, source, *arguments), pre)
+
+
+@_cases(*rules.aten("mean.dim", "sum.dim_IntList", "amax", "amin", "mean", "sum", "var.correction",
+                    "std.correction", "var_mean.correction"))
+@st.composite
+def _aten_reduction_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    short = key.name.removeprefix("aten::")
+    if short in ("mean", "sum"):
+        return _aten_case(key, nd, c, lambda self, x: op(x), _aten_text(key, "x"), pre)
+    # each axis once (a repeated axis is an error at every size), counted from either end
+    axes = sorted(set(draw(st.lists(st.integers(0, nd + 1), min_size=1, max_size=3))))
+    dims = [a - nd - 2 if draw(st.booleans()) else a for a in axes]
+    keepdim = draw(st.booleans())
+    if short == "mean.dim" and draw(st.booleans()):
+        # over every spatial axis, kept: a global average pool (the resampling audit sees it)
+        dims, keepdim = list(range(2, nd + 2)), True
+    if short.endswith(".correction"):
+        correction = draw(st.sampled_from((0, 1)))
+        return _aten_case(key, nd, c, lambda self, x: op(x, dims, correction=correction, keepdim=keepdim),
+                          _aten_text(key, "x", dims, f"correction={correction}", f"keepdim={keepdim}"), pre)
+    return _aten_case(key, nd, c, lambda self, x: op(x, dims, keepdim), _aten_text(key, "x", dims, keepdim), pre)
+
+
+@_cases(*rules.aten("expand"))
+@st.composite
+def _aten_expand_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    axis = draw(st.integers(2, nd + 1))
+    size = draw(st.integers(1, 5))
+    leading = draw(st.booleans())
+
+    def body(self, x):
+        reduced = _A.amax.default(x, [axis], True)
+        shape = [-1] * (nd + 2)
+        shape[axis] = size
+        return _A.expand.default(reduced, [2, *shape] if leading else shape)
+
+    return _aten_case(key, nd, c, body, f"x.amax({axis}, keepdim=True).expand(... {size} on {axis}, leading={leading})",
+                      pre)
+
+
+@_cases(math.ceil, math.floor)
+@st.composite
+def _aten_rounding_cases(draw, key):
+    # timm's pad_same: math.ceil(ih / s) on a symbolic size (make_fx records the Python call)
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    divisor = draw(st.integers(2, 4))
+    return _aten_case(key, nd, c, lambda self, x: x[..., : key(x.size(-1) / divisor)],
+                      f"x[..., :{key.__name__}(x.size(-1) / {divisor})]", pre)
+
+
+@_cases(*rules.aten("eq.Scalar", "ne.Scalar", "lt.Scalar", "le.Scalar", "gt.Scalar", "ge.Scalar"))
+@st.composite
+def _aten_compare_with_number_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    op = aten_op(key)
+    return _aten_case(key, nd, c, lambda self, x: op(x, 0.5), _aten_text(key, "x", 0.5), draw(_aten_pre(nd)))
+
+
+@_cases(*rules.aten("repeat", "roll"))
+@st.composite
+def _aten_repeat_roll_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    if key.name == "aten::repeat":
+        counts = draw(st.lists(st.integers(1, 2), min_size=nd + 2, max_size=nd + 3))  # one more: a new leading axis
+        return _aten_case(key, nd, c, lambda self, x: _A.repeat.default(x, counts), _aten_text(key, "x", counts), pre)
+    shift = draw(st.integers(-3, 3))
+    dims = draw(st.one_of(st.just([]), st.integers(1, nd + 1).map(lambda d: [d])))  # []: the flattened tensor
+    shifts = [shift] * max(len(dims), 1)
+    return _aten_case(key, nd, c, lambda self, x: _A.roll.default(x, shifts, dims), _aten_text(key, "x", shifts, dims),
+                      pre)
+
+
+@_cases(*rules.aten("index.Tensor"))
+@st.composite
+def _aten_index_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    axis = draw(st.integers(1, nd + 1))
+    shape = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
+    # index 0 only: in range for every non-empty axis (shapecalc does not check index values)
+    tensors = {"index": torch.zeros(shape, dtype=torch.long)}
+    indices = [None] * axis
+    return _aten_case(key, nd, c, lambda self, x: _A.index.Tensor(x, [*indices, self.index]),
+                      f"aten.index.Tensor(x, [None] * {axis} + [zeros{shape}])", pre, tensors=tensors)
+
+
+@_cases(*rules.aten("as_strided", "as_strided_"))
+@st.composite
+def _aten_as_strided_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    same = draw(st.booleans())  # a restride to its own shape (adaptive_avg_pool2d's decomposition) or one element
+    op = aten_op(key)
+
+    def body(self, x):
+        x = x.clone()
+        size, stride = (list(x.shape), list(x.stride())) if same else ([1, 1], [1, 1])
+        return op(x, size, stride)
+
+    return _aten_case(key, nd, c, body, f"{key.name}(x.clone(), {'x.shape, x.stride()' if same else '[1, 1], [1, 1]'})",
+                      pre)
+
+
+@_cases(*rules.aten("addmm", "mm", "bmm", "matmul"))
+@st.composite
+def _aten_matrix_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    short = key.name.removeprefix("aten::")
+    if short in ("addmm", "mm"):
+        # a linear layer over the channels of a channels-last tensor: a view to a matrix and a product
+        layer = nn.Linear(c, draw(st.integers(1, 3)), bias=short == "addmm")
+        return _aten_case(key, nd, c, lambda self, x: self.op(x.movedim(1, -1).reshape(-1, c)),
+                          f"{layer!r}(x.movedim(1, -1).reshape(-1, {c}))", draw(_aten_pre(nd)), {"op": layer})
+    op = aten_op(key)
+
+    def body(self, x):
+        rows = x.flatten(2)  # (1, c, n)
+        return op(rows, rows.transpose(1, 2)) if draw_transposed else op(rows.transpose(1, 2), rows)
+
+    draw_transposed = draw(st.booleans())
+    text = _aten_text(key, "x.flatten(2)", "its transpose") if draw_transposed else _aten_text(key, "its transpose", "x.flatten(2)")
+    if short == "matmul":
+        return _fx_aten_case(key, nd, c, body, text, draw(_pre_layers(nd)))
+    return _aten_case(key, nd, c, body, text, draw(_aten_pre(nd)))
+
+
+# padding
+
+
+@_cases(*rules.aten("constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+                    "replication_pad1d", "replication_pad2d", "replication_pad3d", "_pad_circular"))
+@st.composite
+def _aten_pad_cases(draw, key):
+    short = key.name.removeprefix("aten::")
+    nd = draw(st.sampled_from((1, 2, 3))) if short in ("constant_pad_nd", "_pad_circular") else _dims_of(short)[0]
+    c = draw(_channel_counts)
+    low = -3 if short in ("constant_pad_nd", "_pad_circular") else 0
+    pad = [draw(st.integers(low, 4)) for _ in range(2 * draw(st.integers(1, nd)) if short == "constant_pad_nd" else 2 * nd)]
+    op = aten_op(key)
+    text = _aten_text(key, "x", pad)
+    if short == "_pad_circular":
+        return _fx_aten_case(key, nd, c, lambda self, x: op(x, pad), text, draw(_pre_layers(nd)))
+    return _aten_case(key, nd, c, lambda self, x: op(x, pad), text, draw(_aten_pre(nd)))
+
+
+# new tensors
+
+
+@_cases(*rules.aten("empty.memory_format", "zeros", "ones", "full", "new_zeros", "new_ones", "new_empty",
+                    "new_full", "scalar_tensor", "arange.default", "arange.start", "arange.start_step"))
+@st.composite
+def _aten_new_tensor_cases(draw, key):
+    nd = draw(st.sampled_from((1, 2, 3)))
+    c = draw(_channel_counts)
+    pre = draw(_aten_pre(nd))
+    op = aten_op(key)
+    short = key.name.removeprefix("aten::")
+    axis = draw(st.integers(2, nd + 1))
+    extra = draw(st.integers(0, 3))
+    if short.startswith("arange"):
+        start, step = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+        arguments = {"arange.default": lambda n: (n,), "arange.start": lambda n: (start, n),
+                     "arange.start_step": lambda n: (start, n, step)}[short]
+        return _aten_case(key, nd, c, lambda self, x: op(*arguments(x.size(axis) + extra)),
+                          _aten_text(key, *arguments(f"x.size({axis}) + {extra}")), pre)
+    if short == "scalar_tensor":
+        return _aten_case(key, nd, c, lambda self, x: (x, op(2.0)), "(x, aten::scalar_tensor(2.0))", pre)
+
+    def size(x):
+        return [x.size(axis) + extra, 2]
+
+    if short.startswith("new_"):
+        arguments = (lambda x: (x, size(x), 1.0)) if short == "new_full" else (lambda x: (x, size(x)))
+    elif short == "full":
+        arguments = lambda x: (size(x), 1.0)  # noqa: E731
+    else:
+        arguments = lambda x: (size(x),)  # noqa: E731
+    text = _aten_text(key, *(["x"] if short.startswith("new_") else []), f"[x.size({axis}) + {extra}, 2]")
+    return _aten_case(key, nd, c, lambda self, x: op(*arguments(x)), text, pre)
