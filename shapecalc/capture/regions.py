@@ -34,6 +34,8 @@ MAX_CAPTURES = 32
 MAX_SECONDS = 120.0
 #: how far from the example the search for a size outside the known regions looks
 SEARCH_SPAN = 1024
+#: how far the fallback search walks from the example, per guard
+SCAN_SPAN = 48
 #: the size each symbol is first captured at, when the spec has symbols
 EXAMPLE_SIZE = 224
 
@@ -201,7 +203,9 @@ def _next_by_scanning(captures: list[AtenCapture], symbols, example: dict, tried
     for c in captures:
         for guard in c.guards:
             moving = [s for s in symbols if s in guard.condition.free_symbols]
-            for offset in range(1, SEARCH_SPAN):
+            # a short walk: each step asks every region's guards (sympy), and this is the
+            # fallback where coverage could not be decided (the notes say so)
+            for offset in range(1, SCAN_SPAN):
                 for sign in (1, -1):
                     point = dict(example)
                     for s in moving:

@@ -677,8 +677,11 @@ def _prime_factors(n: int) -> list[int]:
     return factors
 
 
+@lru_cache(maxsize=4096)
 def condition_set(condition: sympy.Basic, symbol: sympy.Symbol) -> PeriodicSet:
-    """The exact set of sizes n >= 1 of ``symbol`` where ``condition`` holds."""
+    """The exact set of sizes n >= 1 of ``symbol`` where ``condition`` holds
+    (a pure function of two immutable sympy values: the audits ask the same
+    question of every layer that carries an axis unchanged)."""
     if condition is sympy.true:
         return PeriodicSet.everything()
     if condition is sympy.false:
