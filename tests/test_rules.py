@@ -162,6 +162,18 @@ def concrete_spec(sizes) -> str:
     return "x".join(map(str, sizes))
 
 
+def _probes(data, analysis, dims: int) -> list:
+    """3-4 drawn sizes per case, and one the analysis calls valid where it has one that small."""
+    probes = data.draw(st.lists(st.tuples(*[axis_sizes(dims)] * dims), min_size=3, max_size=4), label="sizes")
+    if analysis is not None:
+        try:
+            probes.append(data.draw(st.tuples(*[input_sizes(analysis, str(s), max_value=LARGEST[dims])
+                                                for s in analysis.symbols]), label="valid sizes"))
+        except InvalidArgument:
+            pass  # no valid size that small
+    return probes
+
+
 def axis_sizes(dims: int):
     return st.one_of(st.sampled_from((1, 2, 3, 5, 7, 8)), st.integers(1, LARGEST[dims]))
 
@@ -181,13 +193,7 @@ def cross_check(case: OpCase, data) -> None:
         f"{case!r}: the traced graph never calls {rules.key_name(case.key)}"
     symbolic = graph_values(graph_module) if analysis else {}
 
-    probes = data.draw(st.lists(st.tuples(*[axis_sizes(dims)] * dims), min_size=3, max_size=4), label="sizes")
-    if analysis is not None:
-        try:
-            probes.append(data.draw(st.tuples(*[input_sizes(analysis, str(s), max_value=LARGEST[dims])
-                                                for s in analysis.symbols]), label="valid sizes"))
-        except InvalidArgument:
-            pass  # no valid size that small
+    probes = _probes(data, analysis, dims)
     for sizes in probes:
         env = dict(zip(symbols, sizes))
         real = torch_values(graph_module, case.channels, sizes)
@@ -283,12 +289,7 @@ def aten_cross_check(case: OpCase, data) -> None:
     # the graph is the model inside its capture's region (where the code's decisions on sizes go the same way)
     graph_piece = next(p for p in analysis.pieces if p.runs)
 
-    probes = data.draw(st.lists(st.tuples(*[axis_sizes(dims)] * dims), min_size=3, max_size=4), label="sizes")
-    try:
-        probes.append(data.draw(st.tuples(*[input_sizes(analysis, str(s), max_value=LARGEST[dims])
-                                            for s in analysis.symbols]), label="valid sizes"))
-    except InvalidArgument:
-        pass  # no valid size that small
+    probes = _probes(data, analysis, dims)
     for sizes in probes:
         env = dict(zip(symbols, sizes))
         piece = next((p for p in analysis.pieces if _holds(p.condition, env)), None)
