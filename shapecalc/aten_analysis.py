@@ -169,7 +169,8 @@ def analyze_aten(model: nn.Module, spec: InputSpec, *, channels: Optional[int], 
                    if not (c.pointwise and any(r.contains(c.example) for r in running)))
     graph_module, interpreter, result, domain = sized[0]
     if len(sized) > 1:
-        domain = _combined_domain(sized)
+        # each region's domain holds its own guards, so the regions do not overlap
+        domain = Domain.union_of([d for _, _, _, d in sized])
     from shapecalc.capture.trace import _BUILD_NOTES
     built = _BUILD_NOTES.get(model)
     notes = ([built] if built else []) + list(interpreter.notes) + _notes(exploration, pieces)
@@ -324,12 +325,6 @@ def _sizes_text(example: dict, symbols) -> str:
 
 def domain_sentence(domain: Domain, symbols) -> str:
     return "; ".join(domain.sets[s].describe(str(s)) for s in symbols)
-
-
-def _combined_domain(sized) -> Domain:
-    """The sizes valid in any running region (each region's domain holds its
-    own guards, so the regions do not overlap)."""
-    return Domain.union_of([domain for _, _, _, domain in sized])
 
 
 def _notes(exploration: regions.Exploration, pieces) -> list[str]:
