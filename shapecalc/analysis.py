@@ -227,6 +227,12 @@ def analyze(model: nn.Module, input: Union[str, InputSpec], *, channels: Optiona
     spec = parse_input_spec(input) if isinstance(input, str) else input
     if capture not in CAPTURES:
         raise ValueError(f"capture={capture!r}: use one of {', '.join(CAPTURES)}")
+    if max_captures is not None and (isinstance(max_captures, bool) or not isinstance(max_captures, int)
+                                     or max_captures < 1):
+        raise ValueError(f"max_captures={max_captures!r}: give a whole number of captures, at least 1")
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or not max_seconds > 0):
+        raise ValueError(f"max_seconds={max_seconds!r}: give a positive number of seconds")
     if capture == "aten":
         return _analyze_aten(model, spec, channels=channels, batch=batch, name=name, max_captures=max_captures,
                              max_seconds=max_seconds, progress=progress)

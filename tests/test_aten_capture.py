@@ -350,3 +350,10 @@ def test_monai_basic_unet_is_mapped_completely_for_square_inputs():
             if predicted != real:
                 mismatches.append(f"H={n}: torch {real}, shapecalc {predicted}")
     assert not mismatches, mismatches[:5]
+
+
+@pytest.mark.parametrize("bounds", [{"max_captures": 0}, {"max_captures": 2.5}, {"max_captures": True},
+                                    {"max_seconds": 0}, {"max_seconds": -1.0}, {"max_seconds": float("nan")}])
+def test_a_bound_that_bounds_nothing_is_refused(bounds):
+    with pytest.raises(ValueError, match="max_"):
+        analyze(nn.Conv2d(3, 2, 3), "H", capture="aten", **bounds)
