@@ -335,7 +335,33 @@ def _notes(exploration: regions.Exploration, pieces) -> list[str]:
                                                                                       "exploration")
         notes.append(f"not explored ({bound} stopped it): {exploration.unexplored_text()}; the valid sizes hold "
                      "only in the regions listed")
+    pinned = _finite_region(exploration)
+    if pinned is not None:
+        guard, symbol, sizes = pinned
+        notes.append(f"the model's code at {guard.location} decides per size ({format_expr(guard.condition)}): "
+                     f"the graph captured at {symbol} = {exploration.running[0].example[symbol]} holds for "
+                     f"{sizes} only, so each capture maps a few sizes and --max-captures bounds how many")
     return notes
+
+
+def _finite_region(exploration: regions.Exploration):
+    """Where a running region holds finitely many sizes of a symbol (a
+    Swin's window count, a ``H == 224``): the guard that bounds it, the
+    symbol and the sizes in words; None when every running region is unbounded."""
+    for captured in exploration.running:
+        region = Domain(tuple(exploration.symbols))
+        for guard in captured.guards:
+            region.add(Requirement(guard.condition, guard.location, "the region"))
+        if region.undecided:
+            continue
+        for symbol in exploration.symbols:
+            allowed = region.sets[symbol]
+            if all(hi is not None for intervals in allowed.classes for _, hi in intervals):
+                bounding = [g for g in captured.guards if symbol in g.condition.free_symbols
+                            and isinstance(g.condition, sympy.Eq)] or \
+                    [g for g in captured.guards if symbol in g.condition.free_symbols]
+                return bounding[-1], symbol, allowed.plain().describe(str(symbol))
+    return None
 
 
 def copy_error(error: ShapecalcError, reason: str) -> ShapecalcError:

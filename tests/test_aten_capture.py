@@ -357,3 +357,28 @@ def test_monai_basic_unet_is_mapped_completely_for_square_inputs():
 def test_a_bound_that_bounds_nothing_is_refused(bounds):
     with pytest.raises(ValueError, match="max_"):
         analyze(nn.Conv2d(3, 2, 3), "H", capture="aten", **bounds)
+
+
+@pytest.mark.slow
+def test_monai_swin_unetr_says_its_code_decides_per_size():
+    """SwinUNETR builds its attention masks in Python from the window counts: a capture holds at
+    its own size only.  What it says there is torch's; what it cannot map it says, never guesses."""
+    zoo_setup = pytest.importorskip("zoo_setup")
+    try:
+        zoo_setup.import_zoo()
+    except ImportError as error:
+        pytest.skip(f"zoo extra not installed ({error})")
+    model = load_model("monai.networks.nets:SwinUNETR", {"in_channels": 1, "out_channels": 2, "feature_size": 12,
+                                                         "spatial_dims": 2, "depths": (1, 1, 1, 1),
+                                                         "num_heads": (1, 1, 1, 1)})
+    analysis = analyze(model, "HxW", capture="aten", max_captures=1)
+    h, w = analysis.symbols
+    with torch.no_grad():  # built on CPU (its constructor reads tensor values): a CPU forward pass
+        real = tuple(model(torch.zeros(1, 1, 224, 224)).shape)
+    assert _sizes(analysis.outputs["output"], {h: 224, w: 224}) == real
+    assert {h: 224, w: 224} in analysis.domain and analysis.pieces_complete is False
+    assert any("swin_unetr.py" in n and "decides per size" in n for n in analysis.notes), analysis.notes
+    assert "where explored:" in analysis.validity_sentence()
+    # the one size it calls valid really runs; the next multiple of 32 is outside what it claims
+    assert {h: 256, w: 256} not in analysis.domain
+    assert not any(p.runs and bool(p.condition.subs({h: 256, w: 256})) for p in analysis.pieces)
