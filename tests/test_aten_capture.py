@@ -177,11 +177,7 @@ def test_a_bound_on_captures_says_what_is_unexplored():
 
 @lru_cache(maxsize=None)
 def _fpn():
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_zoo()
-    except ImportError as error:
-        pytest.skip(f"zoo extra not installed ({error})")
+    pytest.importorskip("zoo_setup").require_zoo()
     model = load_model("segmentation_models_pytorch:FPN", {"encoder_name": "resnet18", "encoder_weights": None,
                                                             "encoder_depth": 5, "decoder_segmentation_channels": 32,
                                                             "decoder_pyramid_channels": 32})
@@ -324,11 +320,7 @@ def test_monai_basic_unet_is_mapped_completely_for_square_inputs():
     """MONAI's UpCat pads by one where a skip is odd (a parity branch at each of four levels, the
     branches torch.fx silently drops), and its instance norms refuse a 1x1 map: 16 running regions
     of H and five where torch raises, every size decided, against meta forward passes."""
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_zoo()
-    except ImportError as error:
-        pytest.skip(f"zoo extra not installed ({error})")
+    pytest.importorskip("zoo_setup").require_zoo()
     model = load_model("monai.networks.nets:BasicUNet", {"features": (8, 8, 16, 16, 32, 8), "spatial_dims": 2,
                                                          "in_channels": 1, "out_channels": 2})
     analysis = analyze(model, "H", capture="aten")
@@ -363,11 +355,7 @@ def test_a_bound_that_bounds_nothing_is_refused(bounds):
 def test_monai_swin_unetr_says_its_code_decides_per_size():
     """SwinUNETR builds its attention masks in Python from the window counts: a capture holds at
     its own size only.  What it says there is torch's; what it cannot map it says, never guesses."""
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_zoo()
-    except ImportError as error:
-        pytest.skip(f"zoo extra not installed ({error})")
+    pytest.importorskip("zoo_setup").require_zoo()
     model = load_model("monai.networks.nets:SwinUNETR", {"in_channels": 1, "out_channels": 2, "feature_size": 12,
                                                          "spatial_dims": 2, "depths": (1, 1, 1, 1),
                                                          "num_heads": (1, 1, 1, 1)})

@@ -152,11 +152,7 @@ SWIN_KEYS = ["shifted_window_attention", "_get_relative_position_bias", "_patch_
 def test_torchvision_swin_helpers_match_torch(name):
     # test_rules skips these cases where torchvision does not import on its own;
     # here it is imported with the zoo's workaround
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_torchvision()
-    except ImportError as error:
-        pytest.skip(f"torchvision not installed ({error})")
+    pytest.importorskip("zoo_setup").require_torchvision()
     from hypothesis import given, settings
     from hypothesis import strategies as st
 

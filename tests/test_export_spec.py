@@ -85,11 +85,7 @@ def test_segmodels_widest_accepted_spec(build, first_bound):
 
 
 def test_third_party_model():
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_zoo()
-    except ImportError as error:
-        pytest.skip(f"zoo extra not installed ({error})")
+    pytest.importorskip("zoo_setup").require_zoo()
     from shapecalc import load_model
 
     model = load_model("monai.networks.nets:UNet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2,

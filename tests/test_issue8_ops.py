@@ -60,11 +60,7 @@ def test_matrix_products_and_movedim():
 
 
 def _torchvision_ops():
-    zoo_setup = pytest.importorskip("zoo_setup")
-    try:
-        zoo_setup.import_torchvision()
-    except ImportError as error:
-        pytest.skip(f"torchvision not installed ({error})")
+    pytest.importorskip("zoo_setup").require_torchvision()
     import torchvision.ops
 
     return torchvision.ops

@@ -60,15 +60,30 @@ def import_zoo():
     return timm, segmentation_models_pytorch, monai, torchvision.models
 
 
+def require_zoo():
+    """:func:`import_zoo`, or skip the calling test saying why (the ``[zoo]`` extra is optional)."""
+    import pytest
+
+    try:
+        return import_zoo()
+    except ImportError as error:
+        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
+
+
+def require_torchvision():
+    """:func:`import_torchvision`, or skip the calling test saying why."""
+    import pytest
+
+    try:
+        return import_torchvision()
+    except ImportError as error:
+        pytest.skip(f"torchvision not installed ({error})")
+
+
 def small_monai_unet():
     """MONAI's 2-D UNet, thin (channels 4, 8, 16; two stride-2 stages), on
     meta: it runs for two residues of H mod 4.  Skips the calling test, saying
     why, when the ``[zoo]`` extra is not installed."""
-    import pytest
-
-    try:
-        monai = import_zoo()[2]
-    except ImportError as error:  # the [zoo] extra is optional
-        pytest.skip(f"zoo extra not installed ({error}); pip install -e '.[zoo]'")
+    monai = require_zoo()[2]
     return monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
                                     strides=(2, 2)).eval().to("meta")
