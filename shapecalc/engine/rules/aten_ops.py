@@ -25,7 +25,7 @@ from shapecalc.engine.rules import indexing, merges, reshaping
 from shapecalc.engine.rules.common import _channels, _expect_tensor, _on_last_axes
 from shapecalc.engine.rules.convolution import _conv, _transposed
 from shapecalc.engine.rules.matrix import _matrix_product
-from shapecalc.engine.rules.metadata import _adaptive_params, _interpolation_params, _interpolation_sampling
+from shapecalc.engine.rules.metadata import _adaptive_params, _interpolation_params, _interpolation_sampling, _window_params
 from shapecalc.engine.rules.pooling import _adaptive, _average_pool, _pool
 from shapecalc.engine.rules.registry import Sampling, aten, rule
 from shapecalc.engine.rules.resampling import _interpolate, _on_input_axes
@@ -34,11 +34,6 @@ from shapecalc.engine.tensors import SymbolicTensor
 
 #: the node.meta key the size interpreter writes (engine/propagate.py's META_KEY; not imported: propagate imports rules)
 META_KEY = "shapecalc"
-
-
-def _aten_window_params(node, graph_module) -> str:
-    from shapecalc.engine.rules.metadata import _window_params
-    return _window_params(node, graph_module)
 
 
 def _rank_of_weight(node) -> int | None:
@@ -60,7 +55,7 @@ def _conv_channels(node, graph_module):
 # ---------------------------------------------------------------------------
 # windows
 
-@rule(*aten("convolution"), params=_aten_window_params, spatial_rank=_rank_of_weight, channels=_conv_channels)
+@rule(*aten("convolution"), params=_window_params, spatial_rank=_rank_of_weight, channels=_conv_channels)
 def aten_convolution(ctx, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     x, weight = _expect_tensor(x, "convolution"), _expect_tensor(weight, "convolution weight")
     nd = weight.ndim - 2
@@ -106,16 +101,16 @@ def _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode
 
 
 def _max_pool_rule(nd):
-    @rule(*aten(f"max_pool{nd}d_with_indices"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    @rule(*aten(f"max_pool{nd}d_with_indices"), params=_window_params, spatial_rank=nd, keeps_channels=True)
     def aten_max_pool_with_indices(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
         values = _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode)
         return values, SymbolicTensor(values.shape, values.spatial, values.geometry, "integer")
 
-    @rule(*aten(f"max_pool{nd}d"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    @rule(*aten(f"max_pool{nd}d"), params=_window_params, spatial_rank=nd, keeps_channels=True)
     def aten_max_pool(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
         return _windowed_pool(ctx, x, nd, kernel_size, stride, padding, dilation, ceil_mode)
 
-    @rule(*aten(f"avg_pool{nd}d"), params=_aten_window_params, spatial_rank=nd, keeps_channels=True)
+    @rule(*aten(f"avg_pool{nd}d"), params=_window_params, spatial_rank=nd, keeps_channels=True)
     def aten_average_pool(ctx, x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                           divisor_override=None):
         stride = stride if stride not in (None, [], ()) else kernel_size
