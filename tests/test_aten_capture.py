@@ -370,3 +370,15 @@ def test_monai_swin_unetr_says_its_code_decides_per_size():
     # the one size it calls valid really runs; the next multiple of 32 is outside what it claims
     assert {h: 256, w: 256} not in analysis.domain
     assert not any(p.runs and bool(p.condition.subs({h: 256, w: 256})) for p in analysis.pieces)
+
+
+def test_check_does_not_pass_for_regions_it_did_not_audit():
+    from shapecalc.answers.checking import check
+    _, complete = _branchy()  # two graphs run: only the first is audited
+    report = check(complete)
+    assert not report.ok and any("2 regions run" in f.message for f in report.findings)
+    model, _ = _branchy()
+    bounded = check(analyze(model, "HxW", capture="aten", max_captures=2))
+    assert not bounded.ok and any("not explored" in f.message for f in bounded.findings)
+    fcn = check(_bundled("fcn8s", "aten")[1])  # one region, every size: as the fx front end checks it
+    assert fcn.ok == check(_bundled("fcn8s", "fx")[1]).ok

@@ -451,6 +451,24 @@ def _parse_max_shift(max_shift) -> Optional[float]:
     return value
 
 
+def _pieces_findings(analysis: Analysis) -> list[Finding]:
+    """The ATen front end's map: a check speaks for every valid size only
+    where every region was explored and its one graph was audited."""
+    if analysis.capture != "aten":
+        return []
+    findings = []
+    if analysis.pieces_complete is not True:
+        findings.append(Finding(ERROR, "domain", "model",
+                                "part of the size space was not explored (the ATen front end's bounds stopped it): "
+                                "nothing is checked there; raise --max-captures / --max-seconds"))
+    running = [p for p in analysis.pieces if p.runs]
+    if len(running) > 1:
+        findings.append(Finding(ERROR, "domain", "model",
+                                f"{len(running)} regions run, each with a graph of its own; crops, merges and "
+                                f"resamples were audited on the first ({running[0].region_text()}) only"))
+    return findings
+
+
 def _nothing_findings(analysis: Analysis, expected: Optional[InputSpec], limit: Optional[float]) -> list[Finding]:
     """A check that examined nothing does not pass silently: with no crop,
     merge or resample to audit and no expected output it is an error (the
@@ -485,7 +503,7 @@ def check(analysis: Analysis, *, expect_output: Union[str, InputSpec, None] = No
     limit = _parse_max_shift(max_shift)
     crops = _crop_findings(analysis)
     explained = {crop.merge for crop in analysis.crops if crop.aligned is False and crop.merge}
-    findings = _domain_findings(analysis) + crops + _merge_findings(analysis, explained)
+    findings = _domain_findings(analysis) + _pieces_findings(analysis) + crops + _merge_findings(analysis, explained)
     findings += _resample_findings(analysis, limit)
     # what was judged, not what was looked at: an undecided audit is a warning, not a check
     checked = {kind: sum(1 for item in items if item.aligned is not None) for kind, items in
