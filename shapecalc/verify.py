@@ -345,7 +345,7 @@ class ForwardChecker:
                 f"the engine says these sizes are invalid ({self.analysis.validity_sentence()}), but torch ran"),
                 peak_elements=peak, shapes=recorder.shapes)
         compared = 0
-        for name, op, predicted in self._predictions():
+        for name, op, predicted in self._predictions(env):
             actual = recorder.shapes.get(name)
             if actual is None:
                 continue
@@ -364,8 +364,8 @@ class ForwardChecker:
     def _recorder(self):
         return _ShapeRecorder(self.graph_module, self.real_module)
 
-    def _predictions(self):
-        """(name, op, predicted value) of everything compared with torch."""
+    def _predictions(self, env):
+        """(name, op, predicted value) of everything compared with torch at sizes ``env``."""
         return ((n.name, _op_of(n, self.graph_module), n.meta[META_KEY]) for n in self._nodes)
 
 
@@ -402,8 +402,14 @@ class OutputChecker(ForwardChecker):
     def _recorder(self):
         return _OutputRecorder(self.real_module)
 
-    def _predictions(self):
-        return ((name, "output", tensor) for name, tensor in self.analysis.outputs.items())
+    def _predictions(self, env):
+        # several running pieces have graphs of their own: the outputs of the one these sizes lie in
+        outputs = self.analysis.outputs
+        for piece in self.analysis.pieces:
+            if piece.runs and piece.outputs is not None and bool(piece.condition.subs(env)):
+                outputs = piece.outputs
+                break
+        return ((name, "output", tensor) for name, tensor in outputs.items())
 
 
 # ---------------------------------------------------------------------------

@@ -382,3 +382,10 @@ def test_check_does_not_pass_for_regions_it_did_not_audit():
     assert not bounded.ok and any("not explored" in f.message for f in bounded.findings)
     fcn = check(_bundled("fcn8s", "aten")[1])  # one region, every size: as the fx front end checks it
     assert fcn.ok == check(_bundled("fcn8s", "fx")[1]).ok
+
+
+def test_verify_compares_each_running_piece_with_its_own_outputs():
+    from shapecalc.verify import verify
+    model, _ = _branchy()
+    report = verify(model, "HxW", device="cpu", examples=12, max_size=96, capture="aten")
+    assert report.passed and report.nodes_compared > 0, report.summary()
